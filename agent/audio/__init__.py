@@ -1,0 +1,1 @@
+"""Audio inputs: microphone, files, synthetic signals, all behind :class:`AudioSource`."""

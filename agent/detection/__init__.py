@@ -1,0 +1,1 @@
+"""From per-channel classifier scores to detection events."""

@@ -1,0 +1,1 @@
+"""Model bundles, the TFLite runtime wrapper, and the separator/classifier stages."""
