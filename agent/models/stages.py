@@ -1,0 +1,137 @@
+"""Separator and classifier stages: a bundle's models behind ``separate`` and ``classify``.
+
+Each stage checks at load time that its TFLite files have the shapes the manifest promises, so a
+mismatched bundle is refused before any audio is processed, with a message naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.errors import BundleError
+from agent.models.manifest import Bundle, ClassifierSpec, Label, ModelFile, SeparatorSpec
+from agent.models.runtime import TFLiteModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    num_threads: int = 1
+    accelerator: str = "cpu"
+
+
+def _load(bundle: Bundle, spec: ModelFile, options: RuntimeOptions) -> TFLiteModel:
+    edgetpu = bundle.file(spec.edgetpu_file) if spec.edgetpu_file else None
+    return TFLiteModel(bundle.file(spec.file), options.num_threads, options.accelerator, edgetpu)
+
+
+def _check_shape(model: TFLiteModel, what: str, actual: tuple[int, ...],
+                 expected: tuple[int, ...]) -> None:
+    if actual != expected:
+        raise BundleError(
+            f"{model.path}: {what} shape is {list(actual)} but the manifest implies "
+            f"{list(expected)}"
+        )
+
+
+class Separator:
+    """MixIT separator: a window (N,) -> M separated channels (M, N)."""
+
+    def __init__(self, bundle: Bundle, spec: SeparatorSpec, options: RuntimeOptions) -> None:
+        self.spec = spec
+        self.model = _load(bundle, spec.model, options)
+        n = spec.window_samples
+        _check_shape(self.model, "input", self.model.input.shape, (1, n))
+        _check_shape(self.model, "output", self.model.output.shape, (1, spec.num_sources, n))
+
+    @property
+    def num_sources(self) -> int:
+        return self.spec.num_sources
+
+    def separate(self, window: np.ndarray) -> np.ndarray:
+        """(N,) float32 -> (M, N) float32."""
+        return self.model.run(window[np.newaxis, :].astype(np.float32))[0]
+
+
+class Classifier:
+    """An ensemble of classifier members sharing one label table.
+
+    ``classify`` runs every member on every channel and averages logits over the ensemble
+    (ALGORITHMS.md §2.7: ensemble mean first; the max over channels comes later).
+    """
+
+    def __init__(self, bundle: Bundle, spec: ClassifierSpec, options: RuntimeOptions) -> None:
+        self.spec = spec
+        self.members = [_load(bundle, m, options) for m in spec.members]
+        n, c = spec.window_samples, len(spec.labels)
+        for model in self.members:
+            _check_shape(model, "input", model.input.shape, (1, n))
+            _check_shape(model, "output", model.output.shape, (1, c))
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def labels(self) -> tuple[Label, ...]:
+        return self.spec.labels
+
+    def member_logits(self, channels: np.ndarray) -> np.ndarray:
+        """(K, N) channels -> (E, K, C) logits of each member on each channel."""
+        out = np.empty((len(self.members), channels.shape[0], len(self.labels)), np.float32)
+        for e, model in enumerate(self.members):
+            for k in range(channels.shape[0]):
+                out[e, k] = model.run(channels[k][np.newaxis, :])[0]
+        return out
+
+    def classify(self, channels: np.ndarray) -> np.ndarray:
+        """(K, N) channels -> (K, C) ensemble-mean logits."""
+        return ensemble_mean(self.member_logits(channels))
+
+
+def ensemble_mean(member_logits: np.ndarray) -> np.ndarray:
+    """(E, K, C) -> (K, C): mean over ensemble members, in the logit domain."""
+    return member_logits.mean(axis=0)
+
+
+@dataclass
+class LoadedModels:
+    bundle: Bundle
+    separator: Separator | None
+    classifiers: list[Classifier]
+
+    @property
+    def sample_rate_hz(self) -> int:
+        return self.bundle.manifest.sample_rate_hz
+
+    @property
+    def window_samples(self) -> int:
+        return self.bundle.manifest.window_samples
+
+
+def load_models(bundle: Bundle, options: RuntimeOptions, use_separator: bool = True) -> LoadedModels:
+    """Load every model of a bundle. The pipeline runs at the bundle's rate and window."""
+    m = bundle.manifest
+    specs = [(c.name, c.sample_rate_hz, c.window_samples) for c in m.classifiers]
+    if m.separator is not None:
+        specs.append(("separator", m.separator.sample_rate_hz, m.separator.window_samples))
+    for name, rate, window in specs:
+        if (rate, window) != (m.sample_rate_hz, m.window_samples):
+            raise BundleError(
+                f"{bundle.path}: {name} runs at {rate} Hz / {window} samples but the bundle at "
+                f"{m.sample_rate_hz} Hz / {m.window_samples}; per-model rates are not supported yet"
+            )
+    separator = None
+    if use_separator:
+        if m.separator is None:
+            raise BundleError(f"{bundle.path}: bundle has no separator; use inference.mode: mix_only")
+        separator = Separator(bundle, m.separator, options)
+    classifiers = [Classifier(bundle, c, options) for c in m.classifiers]
+    log.info("loaded bundle %s %s (%s runtime, %d classifier(s), separator: %s)", m.name,
+             m.version, classifiers[0].members[0].runtime, len(classifiers),
+             f"{m.separator.num_sources} channels" if separator and m.separator else "off")
+    return LoadedModels(bundle, separator, classifiers)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.detection.combine import channel_names, combine_channels, sigmoid
+from agent.models.stages import ensemble_mean
+
+
+def test_max_over_channels_and_winner() -> None:
+    logits = np.array([[0.0, 5.0, -1.0], [2.0, 1.0, -3.0], [1.0, 4.0, 3.0]], dtype=np.float32)
+    both = combine_channels(logits, "mix_and_separated")
+    np.testing.assert_array_equal(both.logits, [2.0, 5.0, 3.0])
+    np.testing.assert_array_equal(both.winner, [1, 0, 2])
+    mix = combine_channels(logits, "mix_only")
+    np.testing.assert_array_equal(mix.logits, logits[0])
+    assert not mix.winner.any()
+    sep = combine_channels(logits, "separated_only")
+    np.testing.assert_array_equal(sep.logits, [2.0, 4.0, 3.0])
+    np.testing.assert_array_equal(sep.winner, [1, 2, 2])
+
+
+def test_ties_go_to_the_mix() -> None:
+    logits = np.array([[1.0, 1.0], [1.0, 0.5]], dtype=np.float32)
+    assert combine_channels(logits, "mix_and_separated").winner.tolist() == [0, 0]
+
+
+def test_mix_only_classes_ignore_separated_channels() -> None:
+    logits = np.array([[-2.0, 0.0], [3.0, 1.0]], dtype=np.float32)
+    out = combine_channels(logits, "separated_only", mix_only_classes=(0,))
+    assert out.logits.tolist() == [-2.0, 1.0] and out.winner.tolist() == [0, 1]
+
+
+def test_ensemble_mean_then_max_differs_from_max_then_mean() -> None:
+    # Two members, two channels (mix, sep0), one class. The paper's code averages members
+    # first, then takes the max over channels (ALGORITHMS.md §2.7 / §4.9).
+    member = np.array([[[4.0], [0.0]], [[-4.0], [2.0]]], dtype=np.float32)  # (E=2, K=2, C=1)
+    paper = combine_channels(ensemble_mean(member), "mix_and_separated")
+    assert paper.logits.tolist() == [1.0] and paper.winner.tolist() == [1]
+    max_first = np.max(member, axis=1).mean(axis=0)  # README order: max, then mean
+    assert max_first.tolist() == [3.0]
+
+
+def test_separated_modes_need_separated_channels() -> None:
+    with pytest.raises(ValueError, match="needs separated channels"):
+        combine_channels(np.zeros((1, 3), dtype=np.float32), "separated_only")
+
+
+def test_channel_names_and_sigmoid() -> None:
+    assert channel_names(4) == ["mix", "sep0", "sep1", "sep2", "sep3"]
+    x = np.array([-800.0, -1.0, 0.0, 1.0, 800.0])
+    np.testing.assert_allclose(sigmoid(x), [0.0, 0.26894142, 0.5, 0.73105858, 1.0], atol=1e-8)
