@@ -155,9 +155,17 @@ class AgentConfig(_Section):
         return v
 
 
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|constrained-\w+|list\[.*\]|dict\[.*\]|function-\w+\[.*\])$")
-_TYPE_WORDS = {"string_type": "a string", "int_type": "an integer", "float_type": "a number",
-               "bool_type": "true/false", "none_required": "null", "int_from_float": "an integer"}
+_UNION_TAG = re.compile(
+    r"^(str|int|float|bool|none|constrained-\w+|list\[.*\]|dict\[.*\]|function-\w+\[.*\])$"
+)
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true/false",
+    "none_required": "null",
+    "int_from_float": "an integer",
+}
 
 
 def _format_error(loc: str, err: Any) -> str:
@@ -193,8 +201,9 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"],
-                          source)
+        raise ConfigError(
+            [f"(top level): expected a mapping of keys, got {type(data).__name__}"], source
+        )
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:

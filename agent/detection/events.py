@@ -48,8 +48,14 @@ class _OpenEvent:
 class EventDetector:
     """Per stream and per classifier state: turns each window's combined scores into events."""
 
-    def __init__(self, labels: tuple[Label, ...], config: DetectionConfig,
-                 context: DetectionContext, sample_rate_hz: int, stream_start_utc: datetime) -> None:
+    def __init__(
+        self,
+        labels: tuple[Label, ...],
+        config: DetectionConfig,
+        context: DetectionContext,
+        sample_rate_hz: int,
+        stream_start_utc: datetime,
+    ) -> None:
         self.labels = labels
         self.context = context
         self.config = config
@@ -61,7 +67,7 @@ class EventDetector:
         )
         include = set(config.include) or set(codes)
         self.active = np.array([c in include and c not in set(config.exclude) for c in codes])
-        self.max_event_samples = int(round(config.max_event_s * sample_rate_hz))
+        self.max_event_samples = round(config.max_event_s * sample_rate_hz)
         self._open: dict[int, _OpenEvent] = {}
 
     def process(self, window: Window, scores: Combined) -> list[Detection]:
@@ -82,12 +88,17 @@ class EventDetector:
                 ev = _OpenEvent(start, end, window.index, window.index, 1, logit, channel)
                 closed.append(self._to_detection(c, ev))
                 continue
-            if ev is not None and (start > ev.end_index or window.index != ev.last_window + 1
-                                   or end - ev.start_index > self.max_event_samples):
+            if ev is not None and (
+                start > ev.end_index
+                or window.index != ev.last_window + 1
+                or end - ev.start_index > self.max_event_samples
+            ):
                 closed.append(self._close(c))
                 ev = None
             if ev is None:
-                self._open[c] = _OpenEvent(start, end, window.index, window.index, 1, logit, channel)
+                self._open[c] = _OpenEvent(
+                    start, end, window.index, window.index, 1, logit, channel
+                )
             else:
                 ev.end_index, ev.last_window, ev.windows = end, window.index, ev.windows + 1
                 if logit > ev.logit:
@@ -122,4 +133,3 @@ class EventDetector:
             source=ctx.source,
             windows=ev.windows,
         )
-

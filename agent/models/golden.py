@@ -24,8 +24,9 @@ def smoke_test(models: LoadedModels) -> str:
     except (OSError, ValueError) as exc:
         raise BundleError(f"{bundle.path}: golden data unreadable: {exc}") from None
     if x.shape != (models.window_samples,):
-        raise BundleError(f"{bundle.path}: golden input has shape {x.shape}, expected "
-                          f"({models.window_samples},)")
+        raise BundleError(
+            f"{bundle.path}: golden input has shape {x.shape}, expected ({models.window_samples},)"
+        )
     outputs: dict[str, np.ndarray] = {}
     if models.separator is not None:
         outputs["separator"] = models.separator.separate(x)
@@ -37,11 +38,17 @@ def smoke_test(models: LoadedModels) -> str:
         if key not in expected:
             raise BundleError(f"{bundle.path}: golden data has no expected output for {key!r}")
         if expected[key].shape != out.shape:
-            raise BundleError(f"{bundle.path}: golden {key!r} has shape {expected[key].shape}, "
-                              f"model gives {out.shape}")
+            raise BundleError(
+                f"{bundle.path}: golden {key!r} has shape {expected[key].shape}, "
+                f"model gives {out.shape}"
+            )
         err = float(np.max(np.abs(out - expected[key])))
         if not err <= golden.atol:
-            raise BundleError(f"{bundle.path}: smoke test failed: {key} differs from the golden "
-                              f"output by {err:.3g} (tolerance {golden.atol:g})")
+            raise BundleError(
+                f"{bundle.path}: smoke test failed: {key} differs from the golden "
+                f"output by {err:.3g} (tolerance {golden.atol:g})"
+            )
         worst = max(worst, err)
-    return f"smoke test passed ({len(outputs)} outputs, max abs error {worst:.2g} <= {golden.atol:g})"
+    return (
+        f"smoke test passed ({len(outputs)} outputs, max abs error {worst:.2g} <= {golden.atol:g})"
+    )

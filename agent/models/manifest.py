@@ -154,15 +154,22 @@ class _Reader:
         return int(value)
 
     def child(self, key: str) -> _Reader:
-        return _Reader(self.get(key, dict), f"{self.where}.{key}" if self.where else key, self.bundle)
+        return _Reader(
+            self.get(key, dict), f"{self.where}.{key}" if self.where else key, self.bundle
+        )
 
 
 def _model_file(r: _Reader) -> ModelFile:
-    return ModelFile(file=r.get("file", str), edgetpu_file=r.get("edgetpu_file", (str, type(None)), None))
+    return ModelFile(
+        file=r.get("file", str), edgetpu_file=r.get("edgetpu_file", (str, type(None)), None)
+    )
 
 
 def read_labels(path: Path) -> tuple[Label, ...]:
-    """Load a label CSV (header ``species_code,scientific_name,common_name[,genus,family,order]``)."""
+    """Load a label CSV.
+
+    Header: ``species_code,scientific_name,common_name`` and optionally ``genus,family,order``.
+    """
     try:
         with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -172,8 +179,10 @@ def read_labels(path: Path) -> tuple[Label, ...]:
     required = LABEL_COLUMNS[:3]
     missing = [c for c in required if c not in header]
     if not rows or missing:
-        raise BundleError(f"{path}: label table needs a header with {', '.join(required)}"
-                          + (f" (missing {', '.join(missing)})" if rows else " and at least one row"))
+        raise BundleError(
+            f"{path}: label table needs a header with {', '.join(required)}"
+            + (f" (missing {', '.join(missing)})" if rows else " and at least one row")
+        )
     labels = []
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
@@ -267,7 +276,9 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
 
     # Every file the manifest refers to must be listed (and so covered by the signature).
     referenced = [c.labels_file for c in classifiers]
-    for spec in ([separator.model] if separator else []) + [m for c in classifiers for m in c.members]:
+    for spec in ([separator.model] if separator else []) + [
+        m for c in classifiers for m in c.members
+    ]:
         referenced += [spec.file] + ([spec.edgetpu_file] if spec.edgetpu_file else [])
     if golden:
         referenced += [golden.input_file, golden.expected_file]

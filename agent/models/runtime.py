@@ -60,7 +60,9 @@ def runtime_library() -> RuntimeLib:
             "(or install Chorus with the 'agent' extra)"
         ) from None
     log.warning("using tensorflow.lite as the TFLite runtime; install ai-edge-litert on devices")
-    _RUNTIME = RuntimeLib("tensorflow.lite", tf.lite.Interpreter, tf.lite.experimental.load_delegate)
+    _RUNTIME = RuntimeLib(
+        "tensorflow.lite", tf.lite.Interpreter, tf.lite.experimental.load_delegate
+    )
     return _RUNTIME
 
 
@@ -78,8 +80,12 @@ class TensorSpec:
 
 def _spec(detail: dict[str, Any]) -> TensorSpec:
     scale, zero_point = detail.get("quantization", (0.0, 0))
-    return TensorSpec(tuple(int(d) for d in detail["shape"]), np.dtype(detail["dtype"]),
-                      float(scale), int(zero_point))
+    return TensorSpec(
+        tuple(int(d) for d in detail["shape"]),
+        np.dtype(detail["dtype"]),
+        float(scale),
+        int(zero_point),
+    )
 
 
 class TFLiteModel:
@@ -132,7 +138,8 @@ class TFLiteModel:
         outputs = self._interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise BundleError(
-                f"{self.path}: expected 1 input and 1 output, found {len(inputs)} and {len(outputs)}"
+                f"{self.path}: expected 1 input and 1 output, "
+                f"found {len(inputs)} and {len(outputs)}"
             )
         self._in_index = inputs[0]["index"]
         self._out_index = outputs[0]["index"]
@@ -143,7 +150,9 @@ class TFLiteModel:
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run one inference. ``x`` must have the input shape; returns float32 output."""
         if tuple(x.shape) != self.input.shape:
-            raise ValueError(f"{self.path.name}: input shape {x.shape}, model wants {self.input.shape}")
+            raise ValueError(
+                f"{self.path.name}: input shape {x.shape}, model wants {self.input.shape}"
+            )
         self._interp.set_tensor(self._in_index, quantize(x, self.input))
         self._interp.invoke()
         return dequantize(self._interp.get_tensor(self._out_index), self.output)

@@ -29,8 +29,9 @@ def _load(bundle: Bundle, spec: ModelFile, options: RuntimeOptions) -> TFLiteMod
     return TFLiteModel(bundle.file(spec.file), options.num_threads, options.accelerator, edgetpu)
 
 
-def _check_shape(model: TFLiteModel, what: str, actual: tuple[int, ...],
-                 expected: tuple[int, ...]) -> None:
+def _check_shape(
+    model: TFLiteModel, what: str, actual: tuple[int, ...], expected: tuple[int, ...]
+) -> None:
     if actual != expected:
         raise BundleError(
             f"{model.path}: {what} shape is {list(actual)} but the manifest implies "
@@ -113,7 +114,9 @@ class LoadedModels:
         return self.bundle.manifest.window_samples
 
 
-def load_models(bundle: Bundle, options: RuntimeOptions, use_separator: bool = True) -> LoadedModels:
+def load_models(
+    bundle: Bundle, options: RuntimeOptions, use_separator: bool = True
+) -> LoadedModels:
     """Load every model of a bundle. The pipeline runs at the bundle's rate and window."""
     m = bundle.manifest
     specs = [(c.name, c.sample_rate_hz, c.window_samples) for c in m.classifiers]
@@ -128,10 +131,17 @@ def load_models(bundle: Bundle, options: RuntimeOptions, use_separator: bool = T
     separator = None
     if use_separator:
         if m.separator is None:
-            raise BundleError(f"{bundle.path}: bundle has no separator; use inference.mode: mix_only")
+            raise BundleError(
+                f"{bundle.path}: bundle has no separator; use inference.mode: mix_only"
+            )
         separator = Separator(bundle, m.separator, options)
     classifiers = [Classifier(bundle, c, options) for c in m.classifiers]
-    log.info("loaded bundle %s %s (%s runtime, %d classifier(s), separator: %s)", m.name,
-             m.version, classifiers[0].members[0].runtime, len(classifiers),
-             f"{m.separator.num_sources} channels" if separator and m.separator else "off")
+    log.info(
+        "loaded bundle %s %s (%s runtime, %d classifier(s), separator: %s)",
+        m.name,
+        m.version,
+        classifiers[0].members[0].runtime,
+        len(classifiers),
+        f"{m.separator.num_sources} channels" if separator and m.separator else "off",
+    )
     return LoadedModels(bundle, separator, classifiers)

@@ -17,28 +17,44 @@ BAD = [
     ("audio: {hop_s: '2'}", "audio.hop_s: input should be a valid number, got '2'"),
     ("audio: {bogus: 1}", "audio.bogus: unknown key"),
     ("bogus_section: {}", "bogus_section: unknown key"),
-    ("audio: {source: radio}",
-     "audio.source: input should be 'microphone', 'file' or 'synthetic', got 'radio'"),
+    (
+        "audio: {source: radio}",
+        "audio.source: input should be 'microphone', 'file' or 'synthetic', got 'radio'",
+    ),
     ("audio: {device: 1.5}", "audio.device: expected a string or an integer, got 1.5"),
     ("audio: {source: file}", "audio: source is 'file' but files is empty"),
-    ("audio: {reopen_backoff: {initial_s: 10, max_s: 1}}",
-     "audio.reopen_backoff: max_s must be >= initial_s (10.0), got 1.0"),
-    ("detection: {threshold: 1.5}",
-     "detection.threshold: input should be less than or equal to 1, got 1.5"),
-    ("detection: {species_thresholds: {amro: -0.1}}",
-     "detection.species_thresholds.amro: input should be greater than or equal to 0, got -0.1"),
+    (
+        "audio: {reopen_backoff: {initial_s: 10, max_s: 1}}",
+        "audio.reopen_backoff: max_s must be >= initial_s (10.0), got 1.0",
+    ),
+    (
+        "detection: {threshold: 1.5}",
+        "detection.threshold: input should be less than or equal to 1, got 1.5",
+    ),
+    (
+        "detection: {species_thresholds: {amro: -0.1}}",
+        "detection.species_thresholds.amro: input should be greater than or equal to 0, got -0.1",
+    ),
     ("mqtt: {port: 70000}", "mqtt.port: input should be less than or equal to 65535, got 70000"),
-    ("mqtt: {topic_prefix: 'a/#'}",
-     "mqtt.topic_prefix: must be a non-empty topic without '#', '+' or edge '/', got 'a/#'"),
+    (
+        "mqtt: {topic_prefix: 'a/#'}",
+        "mqtt.topic_prefix: must be a non-empty topic without '#', '+' or edge '/', got 'a/#'",
+    ),
     ("device_id: 'bad id'", "device_id: must be 1-64 letters, digits, '_', '.', '-', got 'bad id'"),
-    ("inference: {mode: both}",
-     "inference.mode: input should be 'mix_only', 'separated_only' or 'mix_and_separated', "
-     "got 'both'"),
-    ("inference: {num_threads: 0}",
-     "inference.num_threads: input should be greater than or equal to 1, got 0"),
+    (
+        "inference: {mode: both}",
+        "inference.mode: input should be 'mix_only', 'separated_only' or 'mix_and_separated', "
+        "got 'both'",
+    ),
+    (
+        "inference: {num_threads: 0}",
+        "inference.num_threads: input should be greater than or equal to 1, got 0",
+    ),
     ("- a\n- b", "(top level): expected a mapping of keys, got list"),
-    ("audio: [1, 2]", "audio: input should be a valid dictionary or instance of AudioConfig, "
-     "got [1, 2]"),
+    (
+        "audio: [1, 2]",
+        "audio: input should be a valid dictionary or instance of AudioConfig, got [1, 2]",
+    ),
 ]
 
 

@@ -12,8 +12,10 @@ from agent.windowing import Window
 
 SR = 100
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
-LABELS = (Label("amro", "Turdus migratorius", "American Robin"),
-          Label("sosp", "Melospiza melodia", "Song Sparrow"))
+LABELS = (
+    Label("amro", "Turdus migratorius", "American Robin"),
+    Label("sosp", "Melospiza melodia", "Song Sparrow"),
+)
 CTX = DetectionContext("main", "b", "1", "dev", "test", ("mix", "sep0", "sep1"))
 
 
@@ -37,10 +39,15 @@ def make(**cfg) -> EventDetector:
 
 
 def test_consecutive_windows_merge_into_one_event_with_max_confidence() -> None:
-    events = run(make(), [(2.0, -5), (4.0, -5), (1.0, -5), (-3.0, -5), (3.0, -5)],
-                 winners=[(0, 0), (2, 0), (1, 0), (0, 0), (1, 0)])
+    events = run(
+        make(),
+        [(2.0, -5), (4.0, -5), (1.0, -5), (-3.0, -5), (3.0, -5)],
+        winners=[(0, 0), (2, 0), (1, 0), (0, 0), (1, 0)],
+    )
     assert [(e.species_code, e.start_s, e.end_s, e.windows) for e in events] == [
-        ("amro", 0.0, 10.0, 3), ("amro", 10.0, 15.0, 1)]
+        ("amro", 0.0, 10.0, 3),
+        ("amro", 10.0, 15.0, 1),
+    ]
     first = events[0]
     assert first.logit == 4.0 and first.channel == "sep1"
     assert abs(first.confidence - 1 / (1 + np.exp(-4.0))) < 1e-9
@@ -77,7 +84,9 @@ def test_events_close_in_time_order_and_final_window_end_is_real_audio() -> None
     out += det.process(win(1, valid=320), scores(-3, 3))  # last window: 3.2 s of real audio
     out += det.flush()
     assert [(e.species_code, e.start_s, e.end_s) for e in out] == [
-        ("amro", 0.0, 5.0), ("sosp", 0.0, 5.7)]
+        ("amro", 0.0, 5.0),
+        ("sosp", 0.0, 5.7),
+    ]
 
 
 def test_ids_are_unique() -> None:

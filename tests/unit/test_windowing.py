@@ -49,8 +49,9 @@ def test_ring_buffer_write_larger_than_capacity_keeps_newest() -> None:
     window=st.integers(50, 400),
     hop_frac=st.floats(0.1, 1.0),
 )
-def test_windows_are_exact_slices_for_any_chunking(sizes: list[int], window: int,
-                                                    hop_frac: float) -> None:
+def test_windows_are_exact_slices_for_any_chunking(
+    sizes: list[int], window: int, hop_frac: float
+) -> None:
     hop = max(1, int(window * hop_frac))
     signal = np.arange(sum(sizes), dtype=np.float32)
     w = Windower(window, hop, 1000, T0, min_tail_samples=10**9)

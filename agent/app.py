@@ -1,0 +1,292 @@
+"""Composition root: build the pipeline from a config and run it (live or offline).
+
+Nothing else wires stages together; tests build pipelines through these functions too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from agent.audio.chunk import AudioSource, StreamInfo
+from agent.config import AgentConfig
+from agent.errors import ConfigError
+from agent.models.manifest import Bundle, load_bundle
+from agent.models.stages import LoadedModels, RuntimeOptions, load_models
+from agent.pipeline import Inference, PipelineStats, StreamProcessor, run_stream
+from agent.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "demo"
+
+
+def bundle_path(config: AgentConfig) -> Path:
+    return Path(config.inference.bundle) if config.inference.bundle else DEFAULT_BUNDLE
+
+
+def check_config_against_bundle(config: AgentConfig, bundle: Bundle) -> None:
+    """Species named in the detection section must exist in the bundle's label tables."""
+    known = {lab.species_code for c in bundle.manifest.classifiers for lab in c.labels}
+    det = config.detection
+    problems = [
+        f"detection.{key}: unknown species code {code!r} (not in bundle {bundle.manifest.name})"
+        for key, codes in (
+            ("include", det.include),
+            ("exclude", det.exclude),
+            ("species_thresholds", list(det.species_thresholds)),
+        )
+        for code in codes
+        if code not in known
+    ]
+    if config.inference.mode != "mix_only" and bundle.manifest.separator is None:
+        problems.append(
+            f"inference.mode: {config.inference.mode!r} needs a separator, but bundle "
+            f"{bundle.manifest.name} has none (use mix_only)"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+
+def build_models(config: AgentConfig) -> LoadedModels:
+    bundle = load_bundle(bundle_path(config))
+    check_config_against_bundle(config, bundle)
+    options = RuntimeOptions(config.inference.num_threads, config.inference.accelerator)
+    return load_models(bundle, options, use_separator=config.inference.mode != "mix_only")
+
+
+@dataclass
+class Engine:
+    """Loaded models + shared stats: makes a StreamProcessor for each stream."""
+
+    config: AgentConfig
+    models: LoadedModels
+    stats: PipelineStats = field(default_factory=PipelineStats)
+
+    def __post_init__(self) -> None:
+        self.inference = Inference(self.models, self.config.inference.mode, self.stats)
+        self.hop_samples = round(self.config.audio.hop_s * self.models.sample_rate_hz)
+        self.window_s = self.models.window_samples / self.models.sample_rate_hz
+        if abs(self.window_s - self.config.audio.window_s) > 1e-6:
+            # The bundle fixes the window length; say so rather than silently ignoring the key.
+            log.warning(
+                "audio.window_s is %.3f s but the bundle's models take %.3f s windows; "
+                "using the bundle's",
+                self.config.audio.window_s,
+                self.window_s,
+            )
+            if self.hop_samples > self.models.window_samples:
+                raise ConfigError(
+                    [
+                        f"audio.hop_s: must be <= the bundle's window ({self.window_s} s), "
+                        f"got {self.config.audio.hop_s}"
+                    ]
+                )
+
+    def processor(
+        self, info: StreamInfo, sinks: Sequence[Sink], on_window: Callable | None = None
+    ) -> StreamProcessor:
+        if info.sample_rate_hz != self.models.sample_rate_hz:
+            raise ValueError(
+                f"source yields {info.sample_rate_hz} Hz, models want "
+                f"{self.models.sample_rate_hz} Hz"
+            )
+        return StreamProcessor(
+            self.inference,
+            info,
+            self.hop_samples,
+            self.config.detection,
+            self.config.device_id,
+            sinks,
+            on_window,
+        )
+
+
+def build_engine(config: AgentConfig) -> Engine:
+    return Engine(config, build_models(config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline analysis
+
+
+@dataclass
+class FileReport:
+    path: str
+    duration_s: float
+    start_utc: str
+    windows: int
+    detections: int
+    raven: str
+
+
+@dataclass
+class AnalyzeReport:
+    files: list[FileReport]
+    stats: dict[str, float | int]
+    wall_s: float
+    out_dir: str
+
+    @property
+    def audio_s(self) -> float:
+        return sum(f.duration_s for f in self.files)
+
+
+def analyze_files(
+    engine: Engine,
+    files: Iterable[str | Path],
+    out_dir: str | Path,
+    start_utc: datetime | None = None,
+    progress: bool = True,
+) -> AnalyzeReport:
+    """Analyse recordings as fast as possible; write detections.jsonl/.csv, one Raven table per
+    file, and summary.json to ``out_dir``."""
+    from agent.audio.file_source import iter_file_sources
+    from agent.sinks.files import CsvSink, JsonlSink, RavenSink
+
+    # Every file is checked (exists, readable audio) before any output is written.
+    sources = iter_file_sources(
+        [Path(f) for f in files], engine.models.sample_rate_hz, realtime=False, start_utc=start_utc
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in (out / "detections.jsonl", out / "detections.csv"):
+        p.unlink(missing_ok=True)  # a re-run replaces, never appends to, old results
+    shared: list[Sink] = [JsonlSink(out / "detections.jsonl"), CsvSink(out / "detections.csv")]
+    reports: list[FileReport] = []
+    t0 = time.perf_counter()
+    stop = threading.Event()
+    try:
+        for source in sources:
+            path = source.path
+            raven_path = out / f"{path.stem}.selections.txt"
+            raven = RavenSink(raven_path)
+            bar = _ProgressBar(path.name, enabled=progress)
+            windows_before = engine.stats.windows
+            detections_before = engine.stats.detections
+
+            def make(
+                info: StreamInfo, raven: RavenSink = raven, bar: _ProgressBar = bar
+            ) -> StreamProcessor:
+                bar.start(info.duration_s)
+                return engine.processor(
+                    info, [*shared, raven], on_window=lambda r: bar.update(r.window.end_s)
+                )
+
+            try:
+                info = run_stream(source, make, stop).info
+            finally:
+                raven.close()
+                bar.close()
+            reports.append(
+                FileReport(
+                    str(path),
+                    float(info.duration_s or 0.0),
+                    info.start_utc.isoformat(),
+                    engine.stats.windows - windows_before,
+                    engine.stats.detections - detections_before,
+                    str(raven_path),
+                )
+            )
+    finally:
+        for sink in shared:
+            sink.close()
+    report = AnalyzeReport(reports, engine.stats.as_dict(), time.perf_counter() - t0, str(out))
+    summary = {
+        "bundle": {
+            "name": engine.models.bundle.manifest.name,
+            "version": engine.models.bundle.manifest.version,
+            "path": str(engine.models.bundle.path),
+        },
+        "mode": engine.config.inference.mode,
+        "files": [f.__dict__ for f in reports],
+        "audio_s": report.audio_s,
+        "wall_s": round(report.wall_s, 3),
+        "audio_s_per_wall_s": round(report.audio_s / report.wall_s, 2) if report.wall_s else None,
+        "stats": report.stats,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+class _ProgressBar:
+    """tqdm over audio seconds, only on long files and only when enabled."""
+
+    def __init__(self, name: str, enabled: bool) -> None:
+        self.name, self.enabled, self._bar, self._last = name, enabled, None, 0.0
+
+    def start(self, duration_s: float | None) -> None:
+        if self.enabled and duration_s and duration_s > 30:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=round(duration_s, 1), desc=self.name, unit="s", leave=False)
+
+    def update(self, end_s: float) -> None:
+        if self._bar is not None and end_s > self._last:
+            self._bar.update(round(end_s - self._last, 3))
+            self._last = end_s
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Live
+
+
+def build_live_sinks(config: AgentConfig) -> list[Sink]:
+    from agent.sinks.files import CsvSink, JsonlSink
+
+    sinks: list[Sink] = []
+    if config.outputs.jsonl:
+        sinks.append(JsonlSink(config.outputs.jsonl))
+    if config.outputs.csv:
+        sinks.append(CsvSink(config.outputs.csv))
+    if config.mqtt.enabled:
+        from agent.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(config.mqtt, config.device_id))
+    return sinks
+
+
+def run_live(
+    engine: Engine,
+    sources: Iterable[AudioSource],
+    sinks: Sequence[Sink],
+    stop: threading.Event,
+    status_interval_s: float = 60.0,
+) -> PipelineStats:
+    """Run until the sources end or ``stop`` is set; drain; close the sinks last."""
+    last = [time.monotonic()]
+
+    def tick(proc: StreamProcessor, source: AudioSource) -> None:
+        now = time.monotonic()
+        if now - last[0] >= status_interval_s:
+            last[0] = now
+            log.info(
+                "status: %d windows, %d detections, real-time factor %.3f, source %s",
+                proc.stats.windows,
+                proc.stats.detections,
+                proc.stats.real_time_factor,
+                source.stats(),
+            )
+
+    try:
+        for source in sources:
+            if stop.is_set():
+                break
+            run_stream(source, lambda info: engine.processor(info, sinks), stop, on_tick=tick)
+    finally:
+        for sink in sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("closing sink %s failed", type(sink).__name__)
+    return engine.stats

@@ -1,0 +1,212 @@
+"""The agent's data flow: chunks -> windows -> separate -> classify -> combine -> events -> sinks.
+
+* :class:`Inference` runs the models on one window (shared by every stream).
+* :class:`StreamProcessor` holds one stream's state (windower, open events) and feeds sinks.
+* :func:`run_stream` drives a source until it ends or a stop is requested, then drains in order:
+  audio already captured is windowed and classified, the final partial window is processed,
+  open events are closed and emitted, and only then is the source closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.audio.chunk import AudioChunk, AudioSource, StreamInfo
+from agent.config import DetectionConfig
+from agent.detection.combine import Combined, Mode, channel_names, combine_channels
+from agent.detection.events import DetectionContext, EventDetector
+from agent.detection.types import Detection
+from agent.models.stages import Classifier, LoadedModels
+from agent.sinks import Sink
+from agent.windowing import Window, Windower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineStats:
+    """Counters for health reporting and the real-time factor."""
+
+    windows: int = 0
+    audio_s: float = 0.0  # audio advanced by the windows processed (hop per window)
+    separator_s: float = 0.0
+    classifier_s: float = 0.0
+    total_s: float = 0.0  # wall time spent in inference + detection
+    detections: int = 0
+    sink_errors: int = 0
+    window_errors: int = 0
+    dropped_samples: int = 0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Processing wall time / audio time (< 1 keeps up with a live stream)."""
+        return self.total_s / self.audio_s if self.audio_s else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {**self.__dict__, "real_time_factor": round(self.real_time_factor, 4)}
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    window: Window
+    scores: list[tuple[Classifier, Combined]]
+    channels: np.ndarray  # (1 + M, N): the mix then the separated sources
+
+
+class Inference:
+    """Separate one window (if enabled) and run every classifier on the chosen channels."""
+
+    def __init__(self, models: LoadedModels, mode: Mode, stats: PipelineStats) -> None:
+        if mode != "mix_only" and models.separator is None:
+            raise ValueError(f"mode {mode!r} needs a separator")
+        self.models = models
+        self.mode = mode
+        self.stats = stats
+        self.num_sources = models.separator.num_sources if models.separator else 0
+        self.channel_names = tuple(channel_names(self.num_sources))
+
+    def run(self, window: Window) -> WindowResult:
+        mix = window.samples.astype(np.float32)
+        t0 = time.perf_counter()
+        if self.models.separator is not None and self.mode != "mix_only":
+            sources = self.models.separator.separate(mix)  # (M, N)
+            # The mix is only classified when the mode lets it vote.
+            channels = np.concatenate([mix[np.newaxis], sources], axis=0)
+        else:
+            channels = mix[np.newaxis]
+        t1 = time.perf_counter()
+        # separated_only still classifies the mix: mix-only classes (``unknown``) read it.
+        scores = []
+        for clf in self.models.classifiers:
+            logits = clf.classify(channels)  # (K, C)
+            scores.append((clf, combine_channels(logits, self.mode, clf.spec.mix_only_indices)))
+        t2 = time.perf_counter()
+        self.stats.separator_s += t1 - t0
+        self.stats.classifier_s += t2 - t1
+        return WindowResult(window, scores, channels)
+
+
+@dataclass
+class StreamProcessor:
+    """One stream's windowing and event state; emits detections to the sinks."""
+
+    inference: Inference
+    info: StreamInfo
+    hop_samples: int
+    detection: DetectionConfig
+    device_id: str
+    sinks: Sequence[Sink]
+    on_window: Callable[[WindowResult], None] | None = None
+    windower: Windower = field(init=False)
+    detectors: list[EventDetector] = field(init=False)
+
+    def __post_init__(self) -> None:
+        models = self.inference.models
+        manifest = models.bundle.manifest
+        self.windower = Windower(
+            models.window_samples, self.hop_samples, models.sample_rate_hz, self.info.start_utc
+        )
+        self.detectors = [
+            EventDetector(
+                clf.labels,
+                self.detection,
+                DetectionContext(
+                    clf.name,
+                    manifest.name,
+                    manifest.version,
+                    self.device_id,
+                    self.info.name,
+                    self.inference.channel_names,
+                ),
+                models.sample_rate_hz,
+                self.info.start_utc,
+            )
+            for clf in models.classifiers
+        ]
+
+    @property
+    def stats(self) -> PipelineStats:
+        return self.inference.stats
+
+    def push(self, chunk: AudioChunk) -> list[Detection]:
+        out: list[Detection] = []
+        for window in self.windower.push(chunk):
+            out += self._process(window)
+        self.stats.dropped_samples = self.windower.dropped_samples
+        return out
+
+    def finish(self) -> list[Detection]:
+        """End of stream: last partial window, then close every open event."""
+        out: list[Detection] = []
+        for window in self.windower.flush():
+            out += self._process(window)
+        for det in self.detectors:
+            closed = det.flush()
+            self._emit(closed)
+            out += closed
+        return out
+
+    def _process(self, window: Window) -> list[Detection]:
+        t0 = time.perf_counter()
+        try:
+            result = self.inference.run(window)
+        except Exception:  # a running stage catches, counts, logs and continues
+            self.stats.window_errors += 1
+            log.exception("inference failed on window %d (%.2f s)", window.index, window.start_s)
+            return []
+        if self.on_window is not None:
+            self.on_window(result)
+        out: list[Detection] = []
+        for det, (_clf, scores) in zip(self.detectors, result.scores, strict=True):
+            out += det.process(window, scores)
+        self._emit(out)
+        self.stats.windows += 1
+        self.stats.audio_s += min(window.valid_samples, self.hop_samples) / window.sample_rate_hz
+        self.stats.total_s += time.perf_counter() - t0
+        return out
+
+    def _emit(self, detections: list[Detection]) -> None:
+        for d in detections:
+            self.stats.detections += 1
+            for sink in self.sinks:
+                try:
+                    sink.emit(d)
+                except Exception:
+                    self.stats.sink_errors += 1
+                    log.exception("sink %s failed on detection %s", type(sink).__name__, d.id)
+
+
+def run_stream(
+    source: AudioSource,
+    make_processor: Callable[[StreamInfo], StreamProcessor],
+    stop: threading.Event,
+    read_timeout_s: float = 0.25,
+    on_tick: Callable[[StreamProcessor, AudioSource], None] | None = None,
+) -> StreamProcessor:
+    """Drive one source to its end (or until ``stop``), then drain in order and close it."""
+    info = source.open()
+    processor = make_processor(info)
+    try:
+        while not stop.is_set():
+            chunk = source.read(read_timeout_s)
+            if chunk is None:
+                if source.finished:
+                    break
+            else:
+                processor.push(chunk)
+            if on_tick is not None:
+                on_tick(processor, source)
+        if stop.is_set() and info.duration_s is None:
+            # Live stream: what the capture queue already holds was heard; process it too.
+            while (chunk := source.read(0.0)) is not None:
+                processor.push(chunk)
+    finally:
+        source.close()
+    processor.finish()
+    return processor
