@@ -27,4 +27,5 @@ case "$(uname -m)" in x86_64|amd64) EXTRAS="dev,train" ;; esac
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 
 .venv/bin/ruff check agent modeltools tests
+.venv/bin/mypy agent
 .venv/bin/python -m pytest "$@"

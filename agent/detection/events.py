@@ -80,8 +80,7 @@ class EventDetector:
         for c in list(self._open):
             if not hits[c]:
                 closed.append(self._close(c))
-        for c in np.flatnonzero(hits):
-            c = int(c)
+        for c in (int(i) for i in np.flatnonzero(hits)):
             logit, channel = float(scores.logits[c]), int(scores.winner[c])
             ev = self._open.get(c)
             if not self.config.merge:
