@@ -69,7 +69,7 @@ def _tone_s16le(seconds: float) -> bytes:
 class PulseServer:
     """A private PulseAudio server with a null sink, and pacat playing the tone into it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, playback: np.ndarray | None = None) -> None:
         runtime, home = root / "run", root / "home"
         runtime.mkdir(mode=0o700)
         home.mkdir()
@@ -77,7 +77,10 @@ class PulseServer:
         self.env.pop("PULSE_SERVER", None)
         self.log_path = root / "pulseaudio.log"
         self.tone = root / "tone.raw"
-        self.tone.write_bytes(_tone_s16le(120.0))  # outlasts every capture of this module
+        if playback is None:
+            self.tone.write_bytes(_tone_s16le(120.0))  # outlasts every capture of this module
+        else:  # float samples at SINK_RATE_HZ
+            self.tone.write_bytes((np.clip(playback, -1, 1) * 32767).astype("<i2").tobytes())
         self.server: subprocess.Popen[bytes] | None = None
         self.player: subprocess.Popen[bytes] | None = None
 
@@ -145,9 +148,7 @@ class PulseServer:
         self.player = self.server = None
 
 
-@pytest.fixture(scope="module")
-def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
-    """A running private PulseAudio server playing a 1 kHz tone into the default source."""
+def _skip_without_pulseaudio() -> None:
     missing = [b for b in ("pulseaudio", "pactl", "pacat") if shutil.which(b) is None]
     if missing:
         pytest.skip(
@@ -158,6 +159,12 @@ def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
         import sounddevice  # noqa: F401  (only to know PortAudio is there)
     except (OSError, ImportError) as exc:
         pytest.skip(f"sounddevice/PortAudio unavailable: {exc}")
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PulseServer]:
+    """A running private PulseAudio server playing a 1 kHz tone into the default source."""
+    _skip_without_pulseaudio()
     server = PulseServer(tmp_path_factory.mktemp("pulse"))
     try:
         reason = server.start()
@@ -291,3 +298,57 @@ def test_mic_reconnects_when_the_server_restarts(pulse: PulseServer, tmp_path: P
     seg = x[2205:]  # past the reopened stream's first moments
     spectrum = np.abs(np.fft.rfft(seg * np.hanning(seg.shape[0])))
     assert float(np.argmax(spectrum)) * 22050 / seg.shape[0] == pytest.approx(TONE_HZ, abs=5.0)
+
+
+def test_agent_run_detects_birds_played_into_a_real_microphone(tmp_path: Path) -> None:
+    """chorus-agent run, microphone source, end to end: what is played is what is reported."""
+    from datetime import UTC, datetime
+
+    import yaml
+
+    from agent.demo import make_demo_soundscape
+
+    _skip_without_pulseaudio()
+    scape = make_demo_soundscape(duration_s=40.0, sample_rate_hz=SINK_RATE_HZ, seed=4)
+    (tmp_path / "pulse").mkdir()
+    server = PulseServer(tmp_path / "pulse", playback=scape.audio)
+    reason = server.start()
+    try:
+        if reason:
+            pytest.skip(reason)
+        config = {
+            "device_id": "mic-test",
+            "audio": {"source": "microphone", "device": "pulse"},
+            "outputs": {"jsonl": str(tmp_path / "live.jsonl")},
+        }
+        (tmp_path / "agent.yaml").write_text(yaml.safe_dump(config))
+        before = datetime.now(UTC)
+        agent = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--log-level",
+                "INFO",
+                "run",
+                "--config",
+                str(tmp_path / "agent.yaml"),
+            ],
+            env=server.env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(20.0)
+        agent.send_signal(2)  # SIGINT, as Ctrl-C
+        _, err = agent.communicate(timeout=30)
+    finally:
+        server.stop()
+    assert agent.returncode == 0, err[-2000:]
+    detections = [json.loads(x) for x in (tmp_path / "live.jsonl").read_text().splitlines()]
+    assert detections, err[-2000:]
+    played = {code for code, _, _ in scape.events}
+    assert {d["species"]["code"] for d in detections} <= played
+    for d in detections:  # stamped from the capture clock, close to real time
+        start = datetime.fromisoformat(d["start_utc"].replace("Z", "+00:00"))
+        assert 0 <= (start - before).total_seconds() < 40
+        assert d["source"].startswith("mic:")
