@@ -90,7 +90,7 @@ def cmd_check_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from agent.audio.mic_source import list_input_devices
+    from agent.audio.devices import list_input_devices
 
     devices = list_input_devices()
     if not devices:

@@ -35,134 +35,20 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from agent.audio.chunk import AudioChunk, StreamInfo
+from agent.audio.devices import import_sounddevice, resolve_device
 from agent.audio.resample import StreamResampler
+from agent.backoff import Backoff
 from agent.config import BackoffConfig
 from agent.errors import AudioSourceError
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.25  # longest a read() sleeps between health checks
-
-
-def _import_sounddevice() -> ModuleType:
-    """Import sounddevice lazily: ``import agent`` must work on machines without PortAudio."""
-    try:
-        import sounddevice
-    except OSError as exc:  # the wheel does not bundle PortAudio on Linux
-        raise AudioSourceError(
-            f"microphone unavailable: PortAudio library not found ({exc}); "
-            "install libportaudio2 (apt-get install libportaudio2)"
-        ) from None
-    except ImportError:
-        raise AudioSourceError(
-            "microphone unavailable: the sounddevice package is not installed "
-            "(pip install 'chorus[agent]')"
-        ) from None
-    return sounddevice
-
-
-def _default_input_index(sd: Any) -> int | None:
-    try:
-        value = sd.default.device[0]
-    except Exception:
-        return None
-    return int(value) if isinstance(value, int) and value >= 0 else None
-
-
-def list_input_devices(sd_module: Any = None) -> list[dict[str, Any]]:
-    """Every device with input channels: index, name, hostapi, channels, rate, is_default."""
-    sd = sd_module if sd_module is not None else _import_sounddevice()
-    try:
-        devices = list(sd.query_devices())
-        hostapis = list(sd.query_hostapis())
-    except Exception as exc:
-        raise AudioSourceError(f"cannot list audio devices: {exc}") from None
-    default = _default_input_index(sd)
-    out = []
-    for i, d in enumerate(devices):
-        if int(d.get("max_input_channels", 0)) <= 0:
-            continue
-        api = d.get("hostapi", 0)
-        out.append(
-            {
-                "index": int(d.get("index", i)),
-                "name": str(d["name"]),
-                "hostapi": hostapis[api]["name"] if 0 <= api < len(hostapis) else str(api),
-                "max_input_channels": int(d["max_input_channels"]),
-                "default_samplerate": float(d["default_samplerate"]),
-                "is_default": int(d.get("index", i)) == default,
-            }
-        )
-    return out
-
-
-def _listing(devices: list[dict[str, Any]]) -> str:
-    if not devices:
-        return "no input devices found"
-    return "available inputs: " + ", ".join(f"{d['index']} {d['name']!r}" for d in devices)
-
-
-def resolve_device(device: str | int | None, sd_module: Any = None) -> dict[str, Any]:
-    """The input device for a config value: None = default, int = index, str = name substring.
-
-    A string matches case-insensitively; an exact name wins over substrings. AudioSourceError
-    (listing the inputs) when nothing or more than one device matches.
-    """
-    inputs = list_input_devices(sd_module)
-    if device is None:
-        for d in inputs:
-            if d["is_default"]:
-                return d
-        if len(inputs) >= 1:  # no default set (e.g. some ALSA setups): take the first input
-            return inputs[0]
-        raise AudioSourceError(f"no default input device; {_listing(inputs)}")
-    if isinstance(device, int):
-        for d in inputs:
-            if d["index"] == device:
-                return d
-        raise AudioSourceError(f"no input device with index {device}; {_listing(inputs)}")
-    wanted = device.strip().lower()
-    exact = [d for d in inputs if d["name"].lower() == wanted]
-    if len(exact) == 1:
-        return exact[0]
-    matches = [d for d in inputs if wanted in d["name"].lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise AudioSourceError(f"no input device matches {device!r}; {_listing(inputs)}")
-    raise AudioSourceError(
-        f"input device {device!r} is ambiguous ({len(matches)} matches); use an index or a "
-        f"longer name; {_listing(matches)}"
-    )
-
-
-class Backoff:
-    """Exponential back-off: ``initial_s * 2**k`` capped at ``max_s``, minus up to 25 % jitter."""
-
-    def __init__(
-        self, config: BackoffConfig, rng: random.Random | None = None, jitter: float = 0.25
-    ) -> None:
-        self.initial_s = config.initial_s
-        self.max_s = config.max_s
-        self.jitter = jitter
-        self._rng = rng or random.Random()
-        self.attempts = 0
-
-    def next_delay(self) -> float:
-        """The wait before the next attempt; grows with each call until :meth:`reset`."""
-        base = min(self.max_s, self.initial_s * 2.0 ** min(self.attempts, 60))
-        self.attempts += 1
-        # Jitter only shortens, so max_s stays a hard cap; it spreads retries of many devices.
-        return base * (1.0 - self.jitter * self._rng.random())
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 class _Block(NamedTuple):
@@ -250,7 +136,7 @@ class MicSource:
 
     def open(self) -> StreamInfo:
         """Open the device and wait (up to ``first_data_timeout_s``) for its first block."""
-        self._sd = self._sd_module if self._sd_module is not None else _import_sounddevice()
+        self._sd = self._sd_module if self._sd_module is not None else import_sounddevice()
         dev = resolve_device(self.device, self._sd)
         if self.input_channels > dev["max_input_channels"]:
             raise AudioSourceError(

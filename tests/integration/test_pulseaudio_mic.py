@@ -28,7 +28,8 @@ TONE_HZ = 1000.0
 CAPTURE = r"""
 import json, sys, time
 import numpy as np
-from agent.audio.mic_source import MicSource, list_input_devices
+from agent.audio.devices import list_input_devices
+from agent.audio.mic_source import MicSource
 
 device, target_rate, capture_rate = json.loads(sys.argv[1])
 src = MicSource(device, target_rate, capture_rate_hz=capture_rate, block_s=0.1,

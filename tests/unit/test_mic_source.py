@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.audio.mic_source import Backoff, MicSource, list_input_devices, resolve_device
+from agent.audio.devices import list_input_devices, resolve_device
+from agent.audio.mic_source import MicSource
 from agent.audio.resample import resample
+from agent.backoff import Backoff
 from agent.config import BackoffConfig
 from agent.errors import AudioSourceError
 
