@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Install (or remove) the Chorus agent as a systemd service on Raspberry Pi OS Bookworm (64-bit)
+# or Debian 12. Run from a clone of the repository:
+#
+#   sudo systemd/install.sh              # install or upgrade; safe to run again
+#   sudo systemd/install.sh --uninstall  # stop and remove the service and the program
+#                                        # (keeps /etc/chorus and /var/lib/chorus; add --purge)
+#
+# What it does: apt packages (PortAudio, libsndfile, Python venv), a system user `chorus` in the
+# `audio` group, a virtual environment with the `agent` extra in /opt/chorus/venv, the config at
+# /etc/chorus/agent.yaml (from config/agent.example.yaml, never overwritten), an empty MQTT password
+# credential /etc/chorus/mqtt-password (mode 0600), the state directory /var/lib/chorus (models,
+# outbox, clips), and the unit chorus-agent.service, enabled and (re)started.
+#
+# Testing: --root DIR stages every file under DIR and skips apt, user creation and systemctl;
+# --no-venv skips the virtual environment.
+set -euo pipefail
+
+ROOT=""
+UNINSTALL=0
+PURGE=0
+VENV=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --uninstall) UNINSTALL=1 ;;
+    --purge) UNINSTALL=1; PURGE=1 ;;
+    --root) ROOT="${2:?--root needs a directory}"; shift ;;
+    --no-venv) VENV=0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+SRC="$(cd "$(dirname "$0")/.." && pwd)"
+PREFIX="$ROOT/opt/chorus"
+ETC="$ROOT/etc/chorus"
+STATE="$ROOT/var/lib/chorus"
+UNIT_DIR="$ROOT/etc/systemd/system"
+LIVE=1  # act on the running system (apt, users, systemctl)
+[ -z "$ROOT" ] || LIVE=0
+
+say() { printf 'chorus install: %s\n' "$*"; }
+
+if [ "$LIVE" -eq 1 ] && [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (sudo $0)" >&2
+  exit 2
+fi
+
+if [ "$UNINSTALL" -eq 1 ]; then
+  if [ "$LIVE" -eq 1 ]; then
+    systemctl disable --now chorus-agent.service 2>/dev/null || true
+  fi
+  rm -f "$UNIT_DIR/chorus-agent.service" "$UNIT_DIR/chorus-collector.service"
+  [ "$LIVE" -eq 0 ] || systemctl daemon-reload
+  rm -rf "$PREFIX"
+  if [ "$PURGE" -eq 1 ]; then
+    rm -rf "$ETC" "$STATE"
+    if [ "$LIVE" -eq 1 ] && id chorus >/dev/null 2>&1; then userdel chorus; fi
+    say "removed the service, the program, the config and the state (models, outbox, clips)"
+  else
+    say "removed the service and the program; kept $ETC and $STATE (--purge removes them)"
+  fi
+  exit 0
+fi
+
+if [ "$LIVE" -eq 1 ]; then
+  say "installing system packages"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    python3-venv libportaudio2 libsndfile1 alsa-utils
+  if ! id chorus >/dev/null 2>&1; then
+    say "creating system user chorus"
+    useradd --system --home-dir /var/lib/chorus --no-create-home --shell /usr/sbin/nologin chorus
+  fi
+  usermod -a -G audio chorus
+  if ldconfig -p 2>/dev/null | grep -q libedgetpu.so.1; then
+    say "Coral Edge TPU runtime found (libedgetpu): set inference.accelerator: edgetpu to use it"
+  fi
+fi
+
+install -d -m 0755 "$PREFIX" "$UNIT_DIR"
+install -d -m 0750 "$ETC" "$STATE"
+if [ "$VENV" -eq 1 ]; then
+  say "installing the agent into $PREFIX/venv"
+  [ -x "$PREFIX/venv/bin/python" ] || python3 -m venv "$PREFIX/venv"
+  "$PREFIX/venv/bin/python" -m pip install -q --upgrade pip
+  "$PREFIX/venv/bin/python" -m pip install -q --upgrade "$SRC[agent]"
+fi
+
+if [ ! -f "$ETC/agent.yaml" ]; then
+  # Start from the documented example, with paths that suit a service.
+  sed -e "s|^device_id: chorus-dev|device_id: $(hostname -s 2>/dev/null || echo chorus-dev)|" \
+    "$SRC/config/agent.example.yaml" > "$ETC/agent.yaml"
+  chmod 0640 "$ETC/agent.yaml"
+  say "wrote $ETC/agent.yaml (edit it, then: sudo systemctl restart chorus-agent)"
+else
+  say "kept the existing $ETC/agent.yaml"
+fi
+if [ ! -f "$ETC/mqtt-password" ]; then
+  install -m 0600 /dev/null "$ETC/mqtt-password"
+fi
+
+install -m 0644 "$SRC/systemd/chorus-agent.service" "$UNIT_DIR/chorus-agent.service"
+install -m 0644 "$SRC/systemd/chorus-collector.service" "$UNIT_DIR/chorus-collector.service"
+
+if [ "$LIVE" -eq 1 ]; then
+  chown -R root:chorus "$ETC"
+  chown chorus:chorus "$STATE"
+  systemctl daemon-reload
+  systemctl enable chorus-agent.service >/dev/null
+  systemctl restart chorus-agent.service
+  say "chorus-agent is running: journalctl -u chorus-agent -f   (status: systemctl status chorus-agent)"
+else
+  say "staged under $ROOT (no apt, users or systemctl with --root)"
+fi
