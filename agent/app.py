@@ -17,7 +17,7 @@ from pathlib import Path
 from agent.audio.chunk import AudioSource, StreamInfo
 from agent.config import AgentConfig
 from agent.errors import ConfigError
-from agent.models.manifest import Bundle, load_bundle
+from agent.models.manifest import load_bundle
 from agent.models.stages import LoadedModels, RuntimeOptions, load_models
 from agent.pipeline import Inference, PipelineStats, StreamProcessor, run_stream
 from agent.sinks import Sink
@@ -31,12 +31,16 @@ def bundle_path(config: AgentConfig) -> Path:
     return Path(config.inference.bundle) if config.inference.bundle else DEFAULT_BUNDLE
 
 
-def check_config_against_bundle(config: AgentConfig, bundle: Bundle) -> None:
-    """Species named in the detection section must exist in the bundle's label tables."""
-    known = {lab.species_code for c in bundle.manifest.classifiers for lab in c.labels}
+def check_config_against_models(config: AgentConfig, models: LoadedModels) -> None:
+    """Species named in the detection section must exist in the classifiers' label tables."""
+    bundle = models.bundle.manifest
+    known = {lab.species_code for c in models.classifiers for lab in c.labels}
+    source = (
+        "backend birdnet" if config.classifier.backend == "birdnet" else f"bundle {bundle.name}"
+    )
     det = config.detection
     problems = [
-        f"detection.{key}: unknown species code {code!r} (not in bundle {bundle.manifest.name})"
+        f"detection.{key}: unknown species code {code!r} (not in {source})"
         for key, codes in (
             ("include", det.include),
             ("exclude", det.exclude),
@@ -45,20 +49,62 @@ def check_config_against_bundle(config: AgentConfig, bundle: Bundle) -> None:
         for code in codes
         if code not in known
     ]
-    if config.inference.mode != "mix_only" and bundle.manifest.separator is None:
-        problems.append(
-            f"inference.mode: {config.inference.mode!r} needs a separator, but bundle "
-            f"{bundle.manifest.name} has none (use mix_only)"
-        )
     if problems:
         raise ConfigError(problems)
 
 
 def build_models(config: AgentConfig) -> LoadedModels:
     bundle = load_bundle(bundle_path(config))
-    check_config_against_bundle(config, bundle)
+    if config.inference.mode != "mix_only" and bundle.manifest.separator is None:
+        raise ConfigError(
+            [
+                f"inference.mode: {config.inference.mode!r} needs a separator, but bundle "
+                f"{bundle.manifest.name} has none (use mix_only)"
+            ]
+        )
     options = RuntimeOptions(config.inference.num_threads, config.inference.accelerator)
-    return load_models(bundle, options, use_separator=config.inference.mode != "mix_only")
+    birdnet = config.classifier.backend == "birdnet"
+    models = load_models(
+        bundle,
+        options,
+        use_separator=config.inference.mode != "mix_only",
+        load_classifiers=not birdnet,
+    )
+    if birdnet:
+        from agent.models.birdnet import BirdNetClassifier
+
+        bn = config.classifier.birdnet
+        assert bn.model and bn.labels  # enforced by ClassifierConfig
+        table = [lab for c in bundle.manifest.classifiers for lab in c.labels]
+        models.classifiers = [
+            BirdNetClassifier(
+                bn.model,
+                bn.labels,
+                bn.sensitivity,
+                bn.overlap_s,
+                models.sample_rate_hz,
+                models.window_samples,
+                table,
+                config.inference.num_threads,
+            )
+        ]
+    lf = config.classifier.location_filter
+    if lf.enabled:
+        from agent.models.location import LocationFilter
+
+        labels = lf.labels or config.classifier.birdnet.labels
+        assert lf.meta_model and labels and config.location.latitude_deg is not None
+        assert config.location.longitude_deg is not None
+        models.species_filter = LocationFilter(
+            lf.meta_model,
+            labels,
+            config.location.latitude_deg,
+            config.location.longitude_deg,
+            lf.week,
+            lf.threshold,
+        )
+    check_config_against_models(config, models)
+    return models
 
 
 @dataclass
@@ -242,17 +288,24 @@ class _ProgressBar:
 
 
 def build_live_sinks(config: AgentConfig) -> list[Sink]:
+    """The live sinks. With MQTT enabled the MQTT output comes first: its ``emit`` commits the
+    detection to the outbox before any other sink (or the network) sees it."""
     from agent.sinks.files import CsvSink, JsonlSink
 
     sinks: list[Sink] = []
-    if config.outputs.jsonl:
-        sinks.append(JsonlSink(config.outputs.jsonl))
-    if config.outputs.csv:
-        sinks.append(CsvSink(config.outputs.csv))
-    if config.mqtt.enabled:
-        from agent.sinks.mqtt import MqttSink
+    try:
+        if config.mqtt.enabled:
+            from agent.sinks.mqtt_output import MqttOutput
 
-        sinks.append(MqttSink(config.mqtt, config.device_id))
+            sinks.append(MqttOutput(config))
+        if config.outputs.jsonl:
+            sinks.append(JsonlSink(config.outputs.jsonl))
+        if config.outputs.csv:
+            sinks.append(CsvSink(config.outputs.csv))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
     return sinks
 
 
@@ -263,10 +316,22 @@ def run_live(
     stop: threading.Event,
     status_interval_s: float = 60.0,
 ) -> PipelineStats:
-    """Run until the sources end or ``stop`` is set; drain; close the sinks last."""
+    """Run until the sources end or ``stop`` is set; drain; close the sinks last.
+
+    Sinks that are :class:`~agent.health.TickListener` (the MQTT output's heartbeat) are
+    called on every pipeline tick; a status line is logged every ``status_interval_s``.
+    """
+    from agent.health import TickListener
+
     last = [time.monotonic()]
+    listeners = [s for s in sinks if isinstance(s, TickListener)]
 
     def tick(proc: StreamProcessor, source: AudioSource) -> None:
+        for listener in listeners:
+            try:
+                listener.on_tick(proc, source)
+            except Exception:
+                log.exception("health reporting by %s failed", type(listener).__name__)
         now = time.monotonic()
         if now - last[0] >= status_interval_s:
             last[0] = now

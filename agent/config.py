@@ -119,6 +119,86 @@ class OutputsConfig(_Section):
     csv: str | None = None
 
 
+class BirdNetConfig(_Section):
+    """A user-supplied BirdNET-Analyzer V2.4-format model (never shipped by Chorus)."""
+
+    model: str | None = None  # .tflite, input [1, 144000] at 48 kHz
+    labels: str | None = None  # "Scientific name_Common name" per line
+    sensitivity: Annotated[float, Field(ge=0.5, le=1.5)] = 1.0  # BirdNET >= 2.0: logit shift
+    overlap_s: Annotated[float, Field(ge=0, lt=3.0)] = 1.0  # min overlap of 3-s sub-windows
+
+
+class LocationFilterConfig(_Section):
+    """BirdNET meta-model species filter for the place in ``location`` and the week."""
+
+    enabled: bool = False
+    meta_model: str | None = None  # MData .tflite: [1, 3] (lat, lon, week) -> [1, C]
+    labels: str | None = None  # the meta-model's labels; null = classifier.birdnet.labels
+    week: int | None = None  # 1..48 (BirdNET weeks), -1 = all year; null = each window's date
+    threshold: Probability = 0.03  # minimum occurrence score to keep a species
+
+    @field_validator("week")
+    @classmethod
+    def _week(cls, v: int | None) -> int | None:
+        if v is not None and v != -1 and not 1 <= v <= 48:
+            raise ValueError(f"must be 1..48 or -1 (all year), got {v}")
+        return v
+
+
+class ClassifierConfig(_Section):
+    # chorus: the bundle's classifiers; birdnet: a BirdNET-format model behind our separator.
+    backend: Literal["chorus", "birdnet"] = "chorus"
+    birdnet: BirdNetConfig = BirdNetConfig()
+    location_filter: LocationFilterConfig = LocationFilterConfig()
+
+    @model_validator(mode="after")
+    def _paths(self) -> ClassifierConfig:
+        problems = []
+        if self.backend == "birdnet" and not (self.birdnet.model and self.birdnet.labels):
+            problems.append("backend 'birdnet' needs birdnet.model and birdnet.labels")
+        lf = self.location_filter
+        if lf.enabled and not lf.meta_model:
+            problems.append("location_filter.enabled needs location_filter.meta_model")
+        if lf.enabled and not (lf.labels or self.birdnet.labels):
+            problems.append(
+                "location_filter.enabled needs location_filter.labels (or birdnet.labels)"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class MqttTlsConfig(_Section):
+    """TLS to the broker. Key files must not be readable by other users (checked at start-up)."""
+
+    enabled: bool = False
+    ca_file: str | None = None  # PEM CA bundle that signed the broker's certificate; null = system
+    cert_file: str | None = None  # client certificate (PEM), when the broker requires one
+    key_file: str | None = None  # its private key (PEM)
+
+    @model_validator(mode="after")
+    def _pair(self) -> MqttTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class HomeAssistantConfig(_Section):
+    enabled: bool = False  # publish retained MQTT discovery configs for Home Assistant
+    discovery_prefix: str = "homeassistant"
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        return _check_topic_prefix(v)
+
+
+def _check_topic_prefix(v: str) -> str:
+    if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+        raise ValueError(f"must be a non-empty topic without '#', '+' or edge '/', got {v!r}")
+    return v
+
+
 class MqttConfig(_Section):
     enabled: bool = False
     host: str = "localhost"
@@ -128,14 +208,40 @@ class MqttConfig(_Section):
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
     username: str | None = None
     password_env: str = "CHORUS_MQTT_PASSWORD"  # the password is read from this env variable
+    # ... or from this file (wins over password_env): an absolute path, or a bare name looked up
+    # in $CREDENTIALS_DIRECTORY (systemd LoadCredential=). Refused if other users can read it.
+    password_file: str | None = None
     qos: Literal[0, 1, 2] = 1
+    tls: MqttTlsConfig = MqttTlsConfig()
+    reconnect_backoff: BackoffConfig = BackoffConfig()  # exponential, with jitter
+    max_inflight: Annotated[int, Field(ge=1, le=65535)] = 100  # published, not yet acknowledged
+    # The outbox: every detection is committed here before anything else and deleted only when
+    # the broker acknowledges it. null = $STATE_DIRECTORY/outbox.sqlite (systemd), else
+    # ~/.local/state/chorus/outbox.sqlite.
+    outbox_path: str | None = None
+    outbox_max_rows: Annotated[int, Field(ge=1)] = 100_000  # oldest pruned (and counted) beyond
+    outbox_max_age_s: PositiveFloat | None = 2_592_000.0  # 30 days; null = no age limit
+    outbox_fsync: bool = True  # fsync every commit (survives power loss, not only crashes)
+    status_interval_s: PositiveFloat = 60.0  # retained heartbeat on <prefix>/<device>/status
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
     @field_validator("topic_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
-            raise ValueError(f"must be a non-empty topic without '#', '+' or edge '/', got {v!r}")
-        return v
+        return _check_topic_prefix(v)
+
+
+class LocationConfig(_Section):
+    """Where the recorder stands; added to every MQTT detection when both are set."""
+
+    latitude_deg: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude_deg: Annotated[float, Field(ge=-180, le=180)] | None = None
+
+    @model_validator(mode="after")
+    def _both(self) -> LocationConfig:
+        if (self.latitude_deg is None) != (self.longitude_deg is None):
+            raise ValueError("latitude_deg and longitude_deg must be given together")
+        return self
 
 
 class AgentConfig(_Section):
@@ -143,9 +249,11 @@ class AgentConfig(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     audio: AudioConfig = AudioConfig()
     inference: InferenceConfig = InferenceConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
     detection: DetectionConfig = DetectionConfig()
     outputs: OutputsConfig = OutputsConfig()
     mqtt: MqttConfig = MqttConfig()
+    location: LocationConfig = LocationConfig()
 
     @field_validator("device_id")
     @classmethod
@@ -153,6 +261,14 @@ class AgentConfig(_Section):
         if not _DEVICE_ID.match(v):
             raise ValueError(f"must be 1-64 letters, digits, '_', '.', '-', got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _filter_needs_location(self) -> AgentConfig:
+        if self.classifier.location_filter.enabled and self.location.latitude_deg is None:
+            raise ValueError(
+                "classifier.location_filter needs location.latitude_deg and location.longitude_deg"
+            )
+        return self
 
 
 _UNION_TAG = re.compile(

@@ -1,8 +1,10 @@
 """Integration fixtures: a real mosquitto broker on a free local port, and a collecting subscriber.
 
-The broker runs from a temporary config (one 127.0.0.1 listener, no persistence, log to a
-file) and can be stopped and started again on the same port to simulate an outage. Every
-broker and subscriber a test creates is shut down at teardown, whatever the test did.
+The broker runs from a temporary config (one 127.0.0.1 listener, no persistence unless asked,
+optional TLS, log to a file) and can be stopped (or killed) and started again on the same port
+to simulate an outage. Every broker and subscriber a test creates is shut down at teardown,
+whatever the test did. The fault scenarios add a TCP proxy, TLS files and a PostgreSQL server
+(see fault_tools.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_tools import (
+    OPENSSL,
+    PostgresServer,
+    TcpProxy,
+    TlsFiles,
+    find_pg_bin,
+    make_tls_files,
+)
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -49,8 +59,19 @@ class MosquittoBroker:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, passwords: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        passwords: dict[str, str] | None = None,
+        *,
+        persistence: bool = False,
+        tls: TlsFiles | None = None,
+        require_client_cert: bool = False,
+    ) -> None:
         assert MOSQUITTO is not None
+        self.persistence = persistence
+        self.tls = tls
+        self.require_client_cert = require_client_cert
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port(self.host)
@@ -71,9 +92,26 @@ class MosquittoBroker:
                 )
 
     def _write_config(self) -> None:
-        lines = [
-            f"listener {self.port} {self.host}",
-            "persistence false",
+        lines = [f"listener {self.port} {self.host}"]
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.ca_cert}",
+                f"certfile {self.tls.server_cert}",
+                f"keyfile {self.tls.server_key}",
+                f"require_certificate {'true' if self.require_client_cert else 'false'}",
+            ]
+        if self.persistence:
+            # Sessions and queued messages survive a restart (autosaved every second, and at
+            # a clean stop): what a production broker in front of collectors should do.
+            lines += [
+                "persistence true",
+                f"persistence_location {self.workdir}/",
+                "autosave_interval 1",
+            ]
+        else:
+            lines.append("persistence false")
+        lines += [
+            "max_queued_messages 1000000",  # default 1000: a long outage would drop messages
             "log_dest stderr",
             "log_type all",
         ]
@@ -123,6 +161,26 @@ class MosquittoBroker:
             f"mosquitto did not start on {self.host}:{self.port}:\n{self.log_text()[-2000:]}"
         )
 
+    def saves(self) -> int:
+        """How often mosquitto has saved its in-memory database (persistence)."""
+        return self.log_text().count("Saving in-memory database")
+
+    def wait_for_save(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for the next autosave: what exists now survives a SIGKILL."""
+        before = self.saves()
+        deadline = time.monotonic() + timeout_s
+        while self.saves() <= before:
+            if time.monotonic() > deadline:
+                raise TimeoutError("mosquitto did not autosave")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to the clients, nothing saved since the last autosave."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5.0)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop mosquitto (SIGTERM, then SIGKILL); its clients see the connection drop."""
         proc, self.proc = self.proc, None
@@ -138,15 +196,18 @@ class MosquittoBroker:
 
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
-    """``make(passwords=None, start=True)`` -> a broker on a free 127.0.0.1 port."""
+    """``make(passwords=None, start=True, *, persistence=False, tls=None,
+    require_client_cert=False)`` -> a broker on a free 127.0.0.1 port."""
     if MOSQUITTO is None:
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
     brokers: list[MosquittoBroker] = []
 
-    def make(passwords: dict[str, str] | None = None, start: bool = True) -> MosquittoBroker:
+    def make(
+        passwords: dict[str, str] | None = None, start: bool = True, **options: Any
+    ) -> MosquittoBroker:
         if passwords is not None and MOSQUITTO_PASSWD is None:
             pytest.skip("mosquitto_passwd is not installed")
-        broker = MosquittoBroker(tmp_path / f"broker{len(brokers)}", passwords)
+        broker = MosquittoBroker(tmp_path / f"broker{len(brokers)}", passwords, **options)
         brokers.append(broker)
         if start:
             broker.start(pick_new_port_on_clash=True)
@@ -259,3 +320,80 @@ def mqtt_subscriber() -> Iterator[Callable[..., MessageCollector]]:
     yield subscribe
     for c in collectors:
         c.close()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[str, int], TcpProxy]]:
+    """``proxy(host, port)`` -> a TcpProxy to that address the test can cut; closed after."""
+    proxies: list[TcpProxy] = []
+
+    def make(host: str, port: int) -> TcpProxy:
+        p = TcpProxy(host, port)
+        proxies.append(p)
+        return p
+
+    yield make
+    for p in proxies:
+        p.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A test CA, a broker certificate for 127.0.0.1 and a client certificate."""
+    if OPENSSL is None:
+        pytest.skip("openssl is not installed (apt-get install openssl)")
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL cluster on a free loopback port, for the whole session."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed (the collector extra)")
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (apt-get install postgresql)")
+    try:
+        server = PostgresServer(bin_dir)
+    except KeyError:
+        pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL as")
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> str:
+    """The DSN of a new, empty database on the session's PostgreSQL server."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture
+def collector_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``make(broker, store=None, **CollectorConfig keys)`` -> a started Collector storing into
+    ``store`` (default: a new SQLite file); every collector is stopped at teardown."""
+    from agent.collector.service import Collector, CollectorConfig
+    from agent.collector.store import SqliteStore
+
+    made: list[tuple[Any, Any]] = []
+
+    def make(broker: MosquittoBroker, store: Any = None, **keys: Any) -> Any:
+        if store is None:
+            store = SqliteStore(tmp_path / f"collector{len(made)}.sqlite")
+        keys.setdefault("client_id", f"collector-{len(made)}-{uuid.uuid4().hex[:6]}")
+        keys.setdefault("backoff_initial_s", 0.2)
+        keys.setdefault("backoff_max_s", 1.0)
+        config = CollectorConfig(host=broker.host, port=broker.port, **keys)
+        collector = Collector(config, store)
+        collector.start()
+        made.append((collector, store))
+        assert collector.subscribed.wait(10.0), "collector did not subscribe"
+        return collector
+
+    yield make
+    for collector, store in made:
+        collector.stop(timeout_s=5.0)
+        store.close()

@@ -84,7 +84,7 @@ def test_topic_and_device_id_validation() -> None:
 def test_detections_arrive_as_json_on_device_topic(
     mosquitto_broker: MosquittoBroker, mqtt_subscriber: Subscribe, sinks: list[MqttSink], qos: int
 ) -> None:
-    sub = mqtt_subscriber(mosquitto_broker, f"{PREFIX}/#", qos=2)
+    sub = mqtt_subscriber(mosquitto_broker, TOPIC, qos=2)  # not availability
     sink = MqttSink(config_for(mosquitto_broker, qos=qos), DEVICE)
     sinks.append(sink)
     assert isinstance(sink, Sink)

@@ -1,0 +1,3 @@
+from agent.collector.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""The status heartbeat: what ``<prefix>/<device>/status`` carries (schema ``chorus.status/1``).
+
+:func:`build_status` is a pure function of counters, so the payload is unit-tested against its
+JSON Schema; the MQTT output publishes it retained every ``mqtt.status_interval_s`` and after
+each reconnect. Sinks that want the pipeline's counters implement :class:`TickListener`;
+:func:`agent.app.run_live` calls them from the pipeline thread (they must be quick).
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from agent import __version__
+
+if TYPE_CHECKING:
+    from agent.audio.chunk import AudioSource
+    from agent.forwarder import ForwarderStats
+    from agent.outbox import OutboxStats
+    from agent.pipeline import PipelineStats, StreamProcessor
+    from agent.sinks.mqtt import MqttStats
+
+STATUS_SCHEMA = "chorus.status/1"
+_OVERFLOW_KEYS = ("input_overflows", "queue_overflows")
+
+
+@runtime_checkable
+class TickListener(Protocol):
+    """Called by the live loop on every pipeline tick (a few times per second)."""
+
+    def on_tick(self, processor: StreamProcessor, source: AudioSource) -> None: ...
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def disk_free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding ``path`` (None if it cannot be read)."""
+    try:
+        return int(shutil.disk_usage(path).free)
+    except OSError:
+        return None
+
+
+def pipeline_counters(stats: PipelineStats) -> dict[str, Any]:
+    """The pipeline part of the status payload."""
+    return {
+        "windows": stats.windows,
+        "detections": stats.detections,
+        "real_time_factor": round(stats.real_time_factor, 4),
+        "audio_s": round(stats.audio_s, 3),
+        "window_errors": stats.window_errors,
+        "dropped_samples": stats.dropped_samples,
+        "sink_errors": stats.sink_errors,
+    }
+
+
+def build_status(
+    *,
+    device_id: str,
+    uptime_s: float,
+    pipeline: dict[str, Any] | None,
+    source_name: str | None,
+    source_stats: dict[str, int | float] | None,
+    bundle: tuple[str, str] | None,
+    outbox: OutboxStats,
+    forwarder: ForwarderStats,
+    mqtt: MqttStats,
+    state_dir: Path,
+    time_utc: str | None = None,
+) -> dict[str, Any]:
+    """One ``chorus.status/1`` payload (see ``agent/schemas/status.schema.json``)."""
+    audio_stats = {
+        k: int(v) if isinstance(v, bool) else v
+        for k, v in (source_stats or {}).items()
+        if isinstance(v, int | float)
+    }
+    overflows = sum(int(audio_stats.get(k, 0)) for k in _OVERFLOW_KEYS)
+    return {
+        "schema": STATUS_SCHEMA,
+        "device": device_id,
+        "time_utc": time_utc or utc_now_iso(),
+        "agent_version": __version__,
+        "uptime_s": round(uptime_s, 1),
+        "model": None if bundle is None else {"bundle": bundle[0], "version": bundle[1]},
+        "pipeline": pipeline
+        or {
+            "windows": 0,
+            "detections": 0,
+            "real_time_factor": 0.0,
+            "audio_s": 0.0,
+            "window_errors": 0,
+            "dropped_samples": 0,
+            "sink_errors": 0,
+        },
+        "audio": {"source": source_name, "overflows": overflows, "stats": audio_stats},
+        "outbox": {
+            "depth": outbox.depth,
+            "oldest_age_s": None if outbox.oldest_age_s is None else round(outbox.oldest_age_s, 1),
+            "inflight": forwarder.inflight,
+            "pruned_total": outbox.pruned_total,
+            "delivered": forwarder.acked,
+        },
+        "mqtt": {"connects": mqtt.connects, "connect_failures": mqtt.connect_failures},
+        "disk": {"path": str(state_dir), "free_bytes": disk_free_bytes(state_dir)},
+    }
