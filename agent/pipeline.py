@@ -22,7 +22,7 @@ from agent.config import DetectionConfig
 from agent.detection.combine import Combined, Mode, channel_names, combine_channels
 from agent.detection.events import DetectionContext, EventDetector
 from agent.detection.types import Detection
-from agent.models.stages import Classifier, LoadedModels
+from agent.models.stages import ClassifierStage, LoadedModels
 from agent.sinks import Sink
 from agent.windowing import Window, Windower
 
@@ -55,7 +55,7 @@ class PipelineStats:
 @dataclass(frozen=True)
 class WindowResult:
     window: Window
-    scores: list[tuple[Classifier, Combined]]
+    scores: list[tuple[ClassifierStage, Combined]]
     channels: np.ndarray  # (1 + M, N): the mix then the separated sources
 
 
@@ -85,7 +85,7 @@ class Inference:
         scores = []
         for clf in self.models.classifiers:
             logits = clf.classify(channels)  # (K, C)
-            scores.append((clf, combine_channels(logits, self.mode, clf.spec.mix_only_indices)))
+            scores.append((clf, combine_channels(logits, self.mode, clf.mix_only_indices)))
         t2 = time.perf_counter()
         self.stats.separator_s += t1 - t0
         self.stats.classifier_s += t2 - t1
@@ -163,8 +163,10 @@ class StreamProcessor:
         if self.on_window is not None:
             self.on_window(result)
         out: list[Detection] = []
-        for det, (_clf, scores) in zip(self.detectors, result.scores, strict=True):
-            out += det.process(window, scores)
+        species_filter = self.inference.models.species_filter
+        for det, (clf, scores) in zip(self.detectors, result.scores, strict=True):
+            allowed = species_filter.mask(clf.labels, window.start_utc) if species_filter else None
+            out += det.process(window, scores, allowed)
         self._emit(out)
         self.stats.windows += 1
         self.stats.audio_s += min(window.valid_samples, self.hop_samples) / window.sample_rate_hz

@@ -70,10 +70,17 @@ class EventDetector:
         self.max_event_samples = round(config.max_event_s * sample_rate_hz)
         self._open: dict[int, _OpenEvent] = {}
 
-    def process(self, window: Window, scores: Combined) -> list[Detection]:
-        """Feed one window's combined scores; return the events that closed (oldest first)."""
+    def process(
+        self, window: Window, scores: Combined, allowed: np.ndarray | None = None
+    ) -> list[Detection]:
+        """Feed one window's combined scores; return the events that closed (oldest first).
+
+        ``allowed`` (C,) bool, when given, masks species out for this window (location filter).
+        """
         confidence = sigmoid(scores.logits.astype(np.float64))
         hits = self.active & (confidence >= self.thresholds)
+        if allowed is not None:
+            hits &= allowed
         start = window.start_sample_index
         end = start + window.valid_samples
         closed: list[Detection] = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.errors import BundleError
-from agent.models.stages import LoadedModels
+from agent.models.stages import Classifier, LoadedModels
 
 
 def smoke_test(models: LoadedModels) -> str:
@@ -31,6 +31,8 @@ def smoke_test(models: LoadedModels) -> str:
     if models.separator is not None:
         outputs["separator"] = models.separator.separate(x)
     for clf in models.classifiers:
+        if not isinstance(clf, Classifier):  # another backend (BirdNET): not part of the bundle
+            continue
         for e, logits in enumerate(clf.member_logits(x[np.newaxis])):
             outputs[f"{clf.name}/{e}"] = logits[0]
     worst = 0.0

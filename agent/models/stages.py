@@ -7,7 +7,10 @@ mismatched bundle is refused before any audio is processed, with a message namin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 import numpy as np
 
@@ -81,6 +84,10 @@ class Classifier:
     def labels(self) -> tuple[Label, ...]:
         return self.spec.labels
 
+    @property
+    def mix_only_indices(self) -> tuple[int, ...]:
+        return self.spec.mix_only_indices
+
     def member_logits(self, channels: np.ndarray) -> np.ndarray:
         """(K, N) channels -> (E, K, C) logits of each member on each channel."""
         out = np.empty((len(self.members), channels.shape[0], len(self.labels)), np.float32)
@@ -99,11 +106,33 @@ def ensemble_mean(member_logits: np.ndarray) -> np.ndarray:
     return member_logits.mean(axis=0)
 
 
+class ClassifierStage(Protocol):
+    """What the pipeline needs of a classifier: the bundle's ensembles or another backend."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def labels(self) -> tuple[Label, ...]: ...
+
+    @property
+    def mix_only_indices(self) -> tuple[int, ...]: ...
+
+    def classify(self, channels: np.ndarray) -> np.ndarray:
+        """(K, N) channels at the pipeline rate -> (K, C) logits."""
+        ...
+
+
+class SpeciesFilter(Protocol):
+    def mask(self, labels: Sequence[Label], t: datetime) -> np.ndarray: ...
+
+
 @dataclass
 class LoadedModels:
     bundle: Bundle
     separator: Separator | None
-    classifiers: list[Classifier]
+    classifiers: list[ClassifierStage]
+    species_filter: SpeciesFilter | None = field(default=None)
 
     @property
     def sample_rate_hz(self) -> int:
@@ -115,9 +144,16 @@ class LoadedModels:
 
 
 def load_models(
-    bundle: Bundle, options: RuntimeOptions, use_separator: bool = True
+    bundle: Bundle,
+    options: RuntimeOptions,
+    use_separator: bool = True,
+    load_classifiers: bool = True,
 ) -> LoadedModels:
-    """Load every model of a bundle. The pipeline runs at the bundle's rate and window."""
+    """Load a bundle's models. The pipeline runs at the bundle's rate and window.
+
+    ``load_classifiers=False`` when another backend (BirdNET) classifies: only the separator
+    and the label table are used then.
+    """
     m = bundle.manifest
     specs = [(c.name, c.sample_rate_hz, c.window_samples) for c in m.classifiers]
     if m.separator is not None:
@@ -135,12 +171,14 @@ def load_models(
                 f"{bundle.path}: bundle has no separator; use inference.mode: mix_only"
             )
         separator = Separator(bundle, m.separator, options)
-    classifiers = [Classifier(bundle, c, options) for c in m.classifiers]
+    classifiers: list[ClassifierStage] = (
+        [Classifier(bundle, c, options) for c in m.classifiers] if load_classifiers else []
+    )
     log.info(
         "loaded bundle %s %s (%s runtime, %d classifier(s), separator: %s)",
         m.name,
         m.version,
-        classifiers[0].members[0].runtime,
+        separator.model.runtime if separator else "tflite",
         len(classifiers),
         f"{m.separator.num_sources} channels" if separator and m.separator else "off",
     )

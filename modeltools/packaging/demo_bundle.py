@@ -502,4 +502,6 @@ def build_test_models(out_dir: str | Path) -> list[Path]:
     path = out / "affine_int8io.tflite"
     path.write_bytes(content)
     log.info("wrote %s (%d bytes)", path, len(content))
-    return [path]
+    from modeltools.packaging.birdnet_test_models import build_birdnet_test_models
+
+    return [path, *build_birdnet_test_models(out)]
