@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from agent.audio.chunk import AudioSource, StreamInfo
+from agent.clips import ClipStore
 from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.models.manifest import load_bundle
@@ -136,7 +137,11 @@ class Engine:
                 )
 
     def processor(
-        self, info: StreamInfo, sinks: Sequence[Sink], on_window: Callable | None = None
+        self,
+        info: StreamInfo,
+        sinks: Sequence[Sink],
+        on_window: Callable | None = None,
+        clip_store: ClipStore | None = None,
     ) -> StreamProcessor:
         if info.sample_rate_hz != self.models.sample_rate_hz:
             raise ValueError(
@@ -151,6 +156,7 @@ class Engine:
             self.config.device_id,
             sinks,
             on_window,
+            clip_store,
         )
 
 
@@ -309,6 +315,16 @@ def build_live_sinks(config: AgentConfig) -> list[Sink]:
     return sinks
 
 
+def build_clip_store(config: AgentConfig) -> ClipStore | None:
+    c = config.storage.clips
+    if not c.enabled:
+        return None
+    from agent.state import default_state_dir
+
+    root = Path(c.dir) if c.dir else default_state_dir() / "clips"
+    return ClipStore(root, c.max_age_days, c.max_total_mb, c.min_free_mb, c.format)
+
+
 def run_live(
     engine: Engine,
     sources: Iterable[AudioSource],
@@ -322,9 +338,11 @@ def run_live(
     called on every pipeline tick; a status line is logged every ``status_interval_s``.
     """
     from agent.health import TickListener
+    from agent.supervisor import Supervisor
 
     last = [time.monotonic()]
-    listeners = [s for s in sinks if isinstance(s, TickListener)]
+    supervisor = Supervisor(engine.config, engine.stats)
+    listeners = [supervisor, *(s for s in sinks if isinstance(s, TickListener))]
 
     def tick(proc: StreamProcessor, source: AudioSource) -> None:
         for listener in listeners:
@@ -343,12 +361,19 @@ def run_live(
                 source.stats(),
             )
 
+    clips = build_clip_store(engine.config)
     try:
         for source in sources:
             if stop.is_set():
                 break
-            run_stream(source, lambda info: engine.processor(info, sinks), stop, on_tick=tick)
+            run_stream(
+                source,
+                lambda info: engine.processor(info, sinks, clip_store=clips),
+                stop,
+                on_tick=tick,
+            )
     finally:
+        supervisor.close()
         for sink in sinks:
             try:
                 sink.close()

@@ -89,6 +89,15 @@ def cmd_check_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from agent.selftest import format_table, run_selftest
+
+    config = _config(args.config)  # an invalid config exits 2 with its own message
+    checks = run_selftest(config, mic_seconds=args.mic_seconds)
+    print(format_table(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from agent.audio.devices import list_input_devices
 
@@ -212,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-bundle", help="validate a model bundle and run its golden smoke test")
     s.add_argument("bundle")
     s.set_defaults(func=cmd_check_bundle)
+
+    s = sub.add_parser(
+        "selftest", help="check config, models, microphone, broker and disk; pass/fail table"
+    )
+    s.add_argument("--config", "-c", help="agent YAML config (default: built-in defaults)")
+    s.add_argument("--mic-seconds", type=float, default=3.0, help="how long to record (s)")
+    s.set_defaults(func=cmd_selftest)
 
     s = sub.add_parser("devices", help="list audio input devices")
     s.set_defaults(func=cmd_devices)

@@ -244,6 +244,28 @@ class LocationConfig(_Section):
         return self
 
 
+class HealthConfig(_Section):
+    # Prometheus text metrics on http://127.0.0.1:<port>/metrics; null = off.
+    prometheus_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    # A wall-clock step larger than this (NTP after a boot without RTC) re-anchors timestamps.
+    clock_jump_tolerance_s: PositiveFloat = 2.0
+
+
+class ClipsConfig(_Section):
+    """Audio of each detection (the mix and the winning channel), with retention."""
+
+    enabled: bool = False
+    dir: str | None = None  # null = <state directory>/clips
+    format: Literal["flac", "wav"] = "flac"
+    max_age_days: PositiveFloat = 30.0
+    max_total_mb: PositiveFloat = 1000.0
+    min_free_mb: Annotated[float, Field(ge=0)] = 500.0  # hard floor of free disk space
+
+
+class StorageConfig(_Section):
+    clips: ClipsConfig = ClipsConfig()
+
+
 class AgentConfig(_Section):
     device_id: str = "chorus-dev"  # used in MQTT topics and every detection
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -254,6 +276,8 @@ class AgentConfig(_Section):
     outputs: OutputsConfig = OutputsConfig()
     mqtt: MqttConfig = MqttConfig()
     location: LocationConfig = LocationConfig()
+    health: HealthConfig = HealthConfig()
+    storage: StorageConfig = StorageConfig()
 
     @field_validator("device_id")
     @classmethod

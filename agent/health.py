@@ -8,6 +8,7 @@ each reconnect. Sinks that want the pipeline's counters implement :class:`TickLi
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,40 @@ def disk_free_bytes(path: Path) -> int | None:
         return None
 
 
+def audio_overflows(source_stats: dict[str, int | float] | None) -> int:
+    """Audio blocks lost to device or queue overflows, from a source's ``stats()``."""
+    stats = source_stats or {}
+    return sum(int(stats.get(k, 0)) for k in _OVERFLOW_KEYS)
+
+
+def cpu_temperature_c(zone: Path = Path("/sys/class/thermal/thermal_zone0/temp")) -> float | None:
+    """SoC temperature where the kernel exposes it (Raspberry Pi: thermal_zone0), else None."""
+    try:
+        return round(int(zone.read_text().strip()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process, from /proc (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def system_metrics() -> dict[str, Any]:
+    """The ``system`` part of the status payload: temperature, load, memory."""
+    try:
+        load_1m: float | None = round(os.getloadavg()[0], 2)
+    except OSError:
+        load_1m = None
+    return {"cpu_temp_c": cpu_temperature_c(), "load_1m": load_1m, "rss_bytes": rss_bytes()}
+
+
 def pipeline_counters(stats: PipelineStats) -> dict[str, Any]:
     """The pipeline part of the status payload."""
     return {
@@ -78,7 +113,7 @@ def build_status(
         for k, v in (source_stats or {}).items()
         if isinstance(v, int | float)
     }
-    overflows = sum(int(audio_stats.get(k, 0)) for k in _OVERFLOW_KEYS)
+    overflows = audio_overflows(audio_stats)
     return {
         "schema": STATUS_SCHEMA,
         "device": device_id,
@@ -106,4 +141,5 @@ def build_status(
         },
         "mqtt": {"connects": mqtt.connects, "connect_failures": mqtt.connect_failures},
         "disk": {"path": str(state_dir), "free_bytes": disk_free_bytes(state_dir)},
+        "system": system_metrics(),
     }

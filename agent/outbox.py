@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from agent.errors import ChorusError
+from agent.state import default_state_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,6 @@ class OutboxStats:
     deleted: int  # rows deleted after an acknowledgement, since opened
     pruned: int  # rows dropped by the size/age bound since opened
     pruned_total: int  # ... over the outbox's whole life (persisted)
-
-
-def default_state_dir() -> Path:
-    """``$STATE_DIRECTORY`` (systemd ``StateDirectory=``), else ``$XDG_STATE_HOME/chorus``,
-    else ``~/.local/state/chorus``."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0])  # systemd lists several, colon-separated
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "chorus"
 
 
 def default_outbox_path() -> Path:

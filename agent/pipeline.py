@@ -14,10 +14,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 
 from agent.audio.chunk import AudioChunk, AudioSource, StreamInfo
+from agent.clips import ClipStore
 from agent.config import DetectionConfig
 from agent.detection.combine import Combined, Mode, channel_names, combine_channels
 from agent.detection.events import DetectionContext, EventDetector
@@ -103,8 +105,11 @@ class StreamProcessor:
     device_id: str
     sinks: Sequence[Sink]
     on_window: Callable[[WindowResult], None] | None = None
+    clip_store: ClipStore | None = None
     windower: Windower = field(init=False)
     detectors: list[EventDetector] = field(init=False)
+    # Channels of recent windows, kept only while an open event may take its clip from them.
+    _recent: dict[int, np.ndarray] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         models = self.inference.models
@@ -146,6 +151,23 @@ class StreamProcessor:
         out: list[Detection] = []
         for window in self.windower.flush():
             out += self._process(window)
+        out += self._close_events()
+        self._recent.clear()
+        return out
+
+    def reanchor(self, jump_s: float) -> list[Detection]:
+        """The wall clock stepped by ``jump_s`` (NTP): close open events with the timestamps
+        they had, then stamp later windows on the corrected clock (agent/clock.py)."""
+        closed = self._close_events()
+        delta = timedelta(seconds=jump_s)
+        self.windower.stream_start_utc += delta
+        for det in self.detectors:
+            det.shift_clock(delta)
+        log.warning("wall clock jumped by %+.1f s: re-anchored the audio clock", jump_s)
+        return closed
+
+    def _close_events(self) -> list[Detection]:
+        out: list[Detection] = []
         for det in self.detectors:
             closed = det.flush()
             self._emit(closed)
@@ -162,12 +184,17 @@ class StreamProcessor:
             return []
         if self.on_window is not None:
             self.on_window(result)
+        if self.clip_store is not None:
+            self._recent[window.index] = result.channels
         out: list[Detection] = []
         species_filter = self.inference.models.species_filter
         for det, (clf, scores) in zip(self.detectors, result.scores, strict=True):
             allowed = species_filter.mask(clf.labels, window.start_utc) if species_filter else None
             out += det.process(window, scores, allowed)
         self._emit(out)
+        if self.clip_store is not None:  # forget windows no open event can still use
+            keep = set().union(*(d.open_windows() for d in self.detectors)) | {window.index}
+            self._recent = {i: ch for i, ch in self._recent.items() if i in keep}
         self.stats.windows += 1
         self.stats.audio_s += min(window.valid_samples, self.hop_samples) / window.sample_rate_hz
         self.stats.total_s += time.perf_counter() - t0
@@ -182,6 +209,25 @@ class StreamProcessor:
                 except Exception:
                     self.stats.sink_errors += 1
                     log.exception("sink %s failed on detection %s", type(sink).__name__, d.id)
+            self._save_clip(d)
+
+    def _save_clip(self, d: Detection) -> None:
+        """The audio of the detection's best window: the mix and the channel that won."""
+        best = None
+        for det in self.detectors:
+            best = det.best_window_of.pop(d.id, best)
+        if self.clip_store is None or best is None or best not in self._recent:
+            return
+        channels = self._recent[best]
+        names = self.inference.channel_names
+        audio = {"mix": channels[0]}
+        if d.channel != "mix":
+            audio[d.channel] = channels[names.index(d.channel)]
+        try:
+            self.clip_store.save(d, audio, self.inference.models.sample_rate_hz)
+        except Exception:  # a full or failing disk must not stop detection
+            self.stats.sink_errors += 1
+            log.exception("saving the clip of detection %s failed", d.id)
 
 
 def run_stream(

@@ -10,7 +10,8 @@
 # `audio` group, a virtual environment with the `agent` extra in /opt/chorus/venv, the config at
 # /etc/chorus/agent.yaml (from config/agent.example.yaml, never overwritten), an empty MQTT password
 # credential /etc/chorus/mqtt-password (mode 0600), the state directory /var/lib/chorus (models,
-# outbox, clips), and the unit chorus-agent.service, enabled and (re)started.
+# outbox, clips), a journald size cap (200 MB, one month), and the unit chorus-agent.service,
+# enabled and (re)started.
 #
 # Testing: --root DIR stages every file under DIR and skips apt, user creation and systemctl;
 # --no-venv skips the virtual environment.
@@ -52,6 +53,7 @@ if [ "$UNINSTALL" -eq 1 ]; then
     systemctl disable --now chorus-agent.service 2>/dev/null || true
   fi
   rm -f "$UNIT_DIR/chorus-agent.service" "$UNIT_DIR/chorus-collector.service"
+  rm -f "$ROOT/etc/systemd/journald.conf.d/chorus.conf"
   [ "$LIVE" -eq 0 ] || systemctl daemon-reload
   rm -rf "$PREFIX"
   if [ "$PURGE" -eq 1 ]; then
@@ -99,6 +101,15 @@ else
 fi
 if [ ! -f "$ETC/mqtt-password" ]; then
   install -m 0600 /dev/null "$ETC/mqtt-password"
+fi
+
+# Logs go to journald; cap the journal so months of logs never fill the SD card.
+JOURNALD_DIR="$ROOT/etc/systemd/journald.conf.d"
+if [ ! -f "$JOURNALD_DIR/chorus.conf" ]; then
+  install -d -m 0755 "$JOURNALD_DIR"
+  printf '[Journal]\nSystemMaxUse=200M\nMaxRetentionSec=1month\n' > "$JOURNALD_DIR/chorus.conf"
+  chmod 0644 "$JOURNALD_DIR/chorus.conf"
+  [ "$LIVE" -eq 0 ] || systemctl restart systemd-journald
 fi
 
 install -m 0644 "$SRC/systemd/chorus-agent.service" "$UNIT_DIR/chorus-agent.service"

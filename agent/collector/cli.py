@@ -20,7 +20,7 @@ from typing import Any
 
 from agent.credentials import mqtt_password, read_secret_file
 from agent.errors import ChorusError
-from agent.outbox import default_state_dir
+from agent.state import default_state_dir
 
 log = logging.getLogger("agent.collector")
 

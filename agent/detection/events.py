@@ -11,7 +11,7 @@ chorus periodically instead of never), or at the end of the stream.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -43,6 +43,7 @@ class _OpenEvent:
     windows: int
     logit: float
     channel: int
+    best_window: int  # index of the window that gave the max logit (its audio is the clip)
 
 
 class EventDetector:
@@ -69,6 +70,8 @@ class EventDetector:
         self.active = np.array([c in include and c not in set(config.exclude) for c in codes])
         self.max_event_samples = round(config.max_event_s * sample_rate_hz)
         self._open: dict[int, _OpenEvent] = {}
+        # detection id -> index of its best window, for clip saving; popped by the consumer.
+        self.best_window_of: dict[str, int] = {}
 
     def process(
         self, window: Window, scores: Combined, allowed: np.ndarray | None = None
@@ -91,7 +94,9 @@ class EventDetector:
             logit, channel = float(scores.logits[c]), int(scores.winner[c])
             ev = self._open.get(c)
             if not self.config.merge:
-                ev = _OpenEvent(start, end, window.index, window.index, 1, logit, channel)
+                ev = _OpenEvent(
+                    start, end, window.index, window.index, 1, logit, channel, window.index
+                )
                 closed.append(self._to_detection(c, ev))
                 continue
             if ev is not None and (
@@ -103,13 +108,21 @@ class EventDetector:
                 ev = None
             if ev is None:
                 self._open[c] = _OpenEvent(
-                    start, end, window.index, window.index, 1, logit, channel
+                    start, end, window.index, window.index, 1, logit, channel, window.index
                 )
             else:
                 ev.end_index, ev.last_window, ev.windows = end, window.index, ev.windows + 1
                 if logit > ev.logit:
-                    ev.logit, ev.channel = logit, channel
+                    ev.logit, ev.channel, ev.best_window = logit, channel, window.index
         return sorted(closed, key=lambda d: (d.start_s, d.species_code))
+
+    def open_windows(self) -> set[int]:
+        """Indices of the windows that open events would take their clip from."""
+        return {ev.best_window for ev in self._open.values()}
+
+    def shift_clock(self, delta: timedelta) -> None:
+        """Re-anchor after a wall-clock jump: later detections are stamped ``delta`` later."""
+        self.stream_start_utc += delta
 
     def flush(self) -> list[Detection]:
         """End of stream: close every open event."""
@@ -121,7 +134,7 @@ class EventDetector:
 
     def _to_detection(self, c: int, ev: _OpenEvent) -> Detection:
         lab, ctx, sr = self.labels[c], self.context, self.sample_rate_hz
-        return Detection(
+        det = Detection(
             species_code=lab.species_code,
             scientific_name=lab.scientific_name,
             common_name=lab.common_name,
@@ -139,3 +152,5 @@ class EventDetector:
             source=ctx.source,
             windows=ev.windows,
         )
+        self.best_window_of[det.id] = ev.best_window
+        return det

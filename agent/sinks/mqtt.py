@@ -101,6 +101,20 @@ def _configure_tls(client: mqtt.Client, tls: MqttTlsConfig) -> None:
         raise CredentialError(f"mqtt.tls: cannot load the certificates: {exc}") from None
 
 
+def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
+    """Apply TLS and credentials from the config (also used by ``chorus-agent selftest``)."""
+    password = mqtt_password(config.password_file, config.password_env)  # may raise
+    if config.tls.enabled:
+        _configure_tls(client, config.tls)
+    if config.username:
+        if password is None:
+            log.warning(
+                "mqtt.username is set but $%s is not; connecting without a password",
+                config.password_env,
+            )
+        client.username_pw_set(config.username, password)
+
+
 class MqttSink:
     """Publishes detections to an MQTT broker without ever blocking the pipeline on it.
 
@@ -152,20 +166,11 @@ class MqttSink:
         self._listeners: list[tuple[Callable[[], None] | None, Callable[[], None] | None]] = []
 
         client_id = config.client_id or f"chorus-{device_id}"
-        password = mqtt_password(config.password_file, config.password_env)  # may raise
         self._client = (client_factory or _paho_client)(client_id)
         if log.isEnabledFor(logging.DEBUG):
             # paho logs "not connected" at ERROR on every retry; only wanted when debugging.
             self._client.enable_logger(logging.getLogger(f"{__name__}.paho"))
-        if config.tls.enabled:
-            _configure_tls(self._client, config.tls)
-        if config.username:
-            if password is None:
-                log.warning(
-                    "mqtt.username is set but $%s is not; connecting without a password",
-                    config.password_env,
-                )
-            self._client.username_pw_set(config.username, password)
+        configure_client(self._client, config)  # may raise CredentialError
         self._client.will_set(self.availability_topic, OFFLINE, qos=1, retain=True)
         self._client.max_queued_messages_set(max_queued)
         self._client.max_inflight_messages_set(config.max_inflight)

@@ -12,10 +12,10 @@ from agent.outbox import (
     Outbox,
     OutboxError,
     default_outbox_path,
-    default_state_dir,
     encode_payload,
     read_outbox_ids,
 )
+from agent.state import default_state_dir
 
 
 class FakeClock:
