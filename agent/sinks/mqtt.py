@@ -344,15 +344,9 @@ class MqttSink:
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
     ) -> None:
         if getattr(reason_code, "is_failure", False):
-            with self._lock:
-                self._connect_failures += 1
-                first = not self._outage_logged
-                self._outage_logged = True
-            log.log(
-                logging.ERROR if first else logging.DEBUG,
-                "MQTT broker %s refused the connection: %s; retrying",
-                self._broker,
-                reason_code,
+            self._note_failure(
+                logging.ERROR,
+                f"MQTT broker {self._broker} refused the connection: {reason_code}; retrying",
             )
             return
         with self._lock:
@@ -368,15 +362,15 @@ class MqttSink:
             self._run_callback(on_connect)
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        self._note_failure(logging.WARNING, f"cannot reach MQTT broker {self._broker}; retrying")
+
+    def _note_failure(self, level: int, message: str) -> None:
+        """Count a failed connection attempt; log an outage once at ``level``, then at DEBUG."""
         with self._lock:
             self._connect_failures += 1
             first = not self._outage_logged
             self._outage_logged = True
-        log.log(
-            logging.WARNING if first else logging.DEBUG,
-            "cannot reach MQTT broker %s; retrying",
-            self._broker,
-        )
+        log.log(level if first else logging.DEBUG, "%s", message)
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any
