@@ -41,7 +41,8 @@ CSV_COLUMNS = (
     "source",
 )
 
-RAVEN_COLUMNS = (
+# The columns every Raven Pro selection table starts with (also read by modeltools' importer).
+RAVEN_STANDARD_COLUMNS = (
     "Selection",
     "View",
     "Channel",
@@ -49,6 +50,9 @@ RAVEN_COLUMNS = (
     "End Time (s)",
     "Low Freq (Hz)",
     "High Freq (Hz)",
+)
+RAVEN_COLUMNS = (
+    *RAVEN_STANDARD_COLUMNS,
     "Species Code",
     "Common Name",
     "Scientific Name",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.errors import ChorusError
+from agent.sinks.files import RAVEN_STANDARD_COLUMNS
 
 RAVEN_LABEL_COLUMNS = (
     "species code",
@@ -31,16 +32,7 @@ RAVEN_LABEL_COLUMNS = (
     "common name",
 )
 CSV_COLUMNS = ("start_s", "end_s", "label", "low_freq_hz", "high_freq_hz")
-RAVEN_COLUMNS = (
-    "Selection",
-    "View",
-    "Channel",
-    "Begin Time (s)",
-    "End Time (s)",
-    "Low Freq (Hz)",
-    "High Freq (Hz)",
-    "Species Code",
-)
+RAVEN_COLUMNS = (*RAVEN_STANDARD_COLUMNS, "Species Code")
 UNLABELLED = "?"  # label of an annotation box whose label cell is empty
 # A segment is labelled with a species when an event overlaps it by at least this long, or
 # by at least half the event (short calls cut by a segment edge still count where most of
