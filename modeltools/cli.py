@@ -376,6 +376,215 @@ def _run_fetch_xc(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# Separator commands (modeltools.separation; docs/separation.md)
+
+
+def _set_tf_threads(threads: int | None) -> None:
+    # Must run before TensorFlow executes any op; 0/None leaves TensorFlow's defaults.
+    if threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from modeltools.separation.presets import PRESETS
+
+    p = sub.add_parser("train-separator", help="train a MixIT separator (resumable)")
+    p.add_argument("--preset", default="edge", choices=sorted(PRESETS), help="(default: edge)")
+    p.add_argument(
+        "--data", type=Path, action="append", required=True, help="corpus folder (repeatable)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs)")
+    p.add_argument("--steps", type=int, default=10_000, help="total steps (default: 10000)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument(
+        "--strategy",
+        default="cpu",
+        choices=["cpu", "gpu", "mirrored", "auto"],
+        help="tf.distribute strategy (default: cpu)",
+    )
+    p.add_argument("--tpu", default=None, metavar="ADDRESS", help="train on a TPU (TPUStrategy)")
+    p.add_argument("--batch-size", type=int, default=None, help="single mixtures per step")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="(default: 200)")
+    p.add_argument("--log-every", type=int, default=10, help="(default: 10)")
+    p.add_argument("--val-examples", type=int, default=16, help="validation MoMs (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
+    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: auto)")
+    return p
+
+
+def _run_train_separator(args: argparse.Namespace) -> int:
+    _set_tf_threads(args.threads)
+    from modeltools.separation.presets import get_preset
+    from modeltools.separation.train import train, with_overrides
+
+    cfg = with_overrides(get_preset(args.preset), batch_size=args.batch_size, learning_rate=args.lr)
+    row = train(
+        cfg,
+        args.data,
+        args.out,
+        steps=args.steps,
+        resume=args.resume,
+        strategy=args.strategy,
+        tpu=args.tpu,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        val_examples=args.val_examples,
+        seed=args.seed,
+        progress=sys.stderr.isatty(),
+    )
+    print(f"train-separator: {args.out} at step {row.get('step')}: {row}")
+    return 130 if row.get("interrupted") else 0
+
+
+def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("eval-separator", help="MoMi of a trained separator on held-out MoMs")
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder of train-separator")
+    p.add_argument(
+        "--data", type=Path, action="append", required=True, help="corpus folder (repeatable)"
+    )
+    p.add_argument("--split", default="test", help="split to draw MoMs from (default: test)")
+    p.add_argument("--examples", type=int, default=64, help="MoMs to score (default: 64)")
+    p.add_argument("--seed", type=int, default=1234, help="MoM seed (default: 1234)")
+    p.add_argument("--threads", type=int, default=0, help="TF intra/inter-op threads (0: auto)")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
+    p.add_argument("--resample-hz", type=int, default=None, help="score at this rate (e.g. 16000)")
+    p.add_argument("--write-examples", type=Path, default=None, help="folder for WAVs + PNGs")
+    return p
+
+
+def _run_eval_separator(args: argparse.Namespace) -> int:
+    _set_tf_threads(args.threads)
+    import json
+
+    from modeltools.separation.evaluate import evaluate_run
+
+    res = evaluate_run(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        num_examples=args.examples,
+        seed=args.seed,
+        resample_hz=args.resample_hz,
+        examples_dir=args.write_examples,
+    )
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    print(
+        f"eval-separator: {res['preset']} step {res['step']}: MoMi {res['momi_db']:.2f} dB "
+        f"(median {res['momi_median_db']:.2f}) on {res['examples']} {res['split']} MoMs "
+        f"at {res['sample_rate_hz']} Hz"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier commands (modeltools.classifier; docs/classifier.md)
+
+
+def _add_train_classifier(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("train-classifier", help="train (or resume) the bird classifier")
+    p.add_argument("--preset", default="edge", help="paper | b1 | b2 | edge | tiny | a YAML path")
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="dataset folder(s)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (created/resumed)")
+    p.add_argument("--steps", type=int, default=None, help="total steps (default: the preset's)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--seed", type=int, default=0, help="seed (member k uses seed + k)")
+    p.add_argument("--members", type=int, default=1, help="ensemble members (OUT/member-k)")
+    p.add_argument("--strategy", default="cpu", help="cpu | gpu | tpu | default")
+    p.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: default)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the preset's batch")
+    p.add_argument("--eval-every", type=int, default=None, help="override (0: no validation)")
+    p.add_argument("--no-taxonomy-loss", action="store_true", help="ablation: species head only")
+    p.add_argument("--no-lowpass", action="store_true", help="ablation: no low-pass augmentation")
+    p.add_argument(
+        "--no-channel-norm", action="store_true", help="ablation: no two-stage whitening"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _run_train_classifier(args: argparse.Namespace) -> int:
+    from modeltools.classifier.presets import load_preset
+    from modeltools.classifier.train import RunOptions, train_members
+    from modeltools.data.dataset import read_dataset
+
+    overrides: dict = {"batch_size": args.batch_size, "eval_every": args.eval_every}
+    if args.no_taxonomy_loss:
+        overrides["taxonomy_weight"] = 0.0
+    if args.no_lowpass:
+        overrides["lowpass"] = False
+    if args.no_channel_norm:
+        overrides["channel_norm"] = False
+    cfg = load_preset(args.preset, **overrides)
+    datasets = [read_dataset(d) for d in args.data]
+    opts = RunOptions(
+        out=args.out,
+        steps=args.steps,
+        resume=args.resume,
+        seed=args.seed,
+        strategy=args.strategy,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    for k, res in enumerate(train_members(cfg, datasets, opts, args.members)):
+        print(f"train-classifier: member {k}: {res}")
+    return 0
+
+
+def _add_eval_classifier(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval-classifier", help="CMAP/lwlrap/top-1 of classifier runs and their ensemble"
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, nargs="+", required=True, help="run folder(s) / member parents"
+    )
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="dataset folder(s)")
+    p.add_argument("--split", default="test", help="segments of this split (default: test)")
+    p.add_argument("--weights", choices=("best", "final"), default="best")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on at most N segments")
+    p.add_argument("--threads", type=int, default=0, help="TF intra-op threads (0: default)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p
+
+
+def _run_eval_classifier(args: argparse.Namespace) -> int:
+    import json
+
+    from modeltools.classifier.ensemble import ensemble_logits, load_member, member_dirs
+    from modeltools.classifier.evaluate import predict_logits, segment_set, species_metrics
+    from modeltools.classifier.train import set_threads
+    from modeltools.data.dataset import read_dataset
+
+    set_threads(args.threads)
+    datasets = [read_dataset(d) for d in args.data]
+    audio, labels = segment_set(datasets, args.split, args.limit)
+    results, member_logits = {}, []
+    for run in member_dirs(args.checkpoint):
+        model, _ = load_member(run, args.weights)
+        logits = predict_logits(model, audio)["species"]
+        member_logits.append(logits)
+        results[str(run)] = species_metrics(logits, labels)
+    if len(member_logits) > 1:
+        results["ensemble"] = species_metrics(ensemble_logits(member_logits), labels)
+        keys = ("cmap", "lwlrap", "top1")
+        results["mean_member"] = {
+            k: sum(results[str(r)][k] for r in member_dirs(args.checkpoint)) / len(member_logits)
+            for k in keys
+        }
+    print(f"eval-classifier: {len(labels)} {args.split} segments (mix-only)")
+    print(f"{'model':<48} {'CMAP':>7} {'lwlrap':>7} {'top-1':>7}")
+    for name, m in results.items():
+        print(f"{name:<48} {m['cmap']:7.3f} {m['lwlrap']:7.3f} {m['top1']:7.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
 Adder = Callable[[argparse._SubParsersAction], argparse.ArgumentParser]
 Runner = Callable[[argparse.Namespace], int]
 _COMMANDS: list[tuple[Adder, Runner]] = [
@@ -385,6 +594,10 @@ _COMMANDS: list[tuple[Adder, Runner]] = [
     (_add_ingest, _run_ingest),
     (_add_activity, _run_activity),
     (_add_fetch_xc, _run_fetch_xc),
+    (_add_train_separator, _run_train_separator),
+    (_add_eval_separator, _run_eval_separator),
+    (_add_train_classifier, _run_train_classifier),
+    (_add_eval_classifier, _run_eval_classifier),
 ]
 
 

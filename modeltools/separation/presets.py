@@ -1,0 +1,192 @@
+"""Separator presets (ALGORITHMS.md §1) and their cost: parameters and MACs per 5-s window.
+
+Pure Python (no TensorFlow), so the CLI and docs can list presets cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from agent.errors import ConfigError
+
+
+class SeparatorConfigError(ConfigError):
+    """A bad separator preset, option or run folder (one message; exit status 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__([message], source="separator")
+
+
+NORMS = ("instance_norm", "global_layer_norm", "layer_norm", "none")
+CONSISTENCY = ("pred_source", "uniform", "magsq", "none")
+
+
+@dataclass(frozen=True)
+class SeparatorConfig:
+    """Architecture and training hyper-parameters of one separator.
+
+    ``window``/``hop`` are the learned basis length and stride in samples; the overlap-add
+    decoder needs ``window % hop == 0`` (true for the paper's 22/11).
+    """
+
+    name: str = "custom"
+    sample_rate_hz: int = 22050
+    window: int = 22
+    hop: int = 11
+    num_coeffs: int = 256
+    num_sources: int = 4
+    bottleneck: int = 256
+    hidden: int = 512
+    kernel_size: int = 3
+    repeats: int = 4
+    blocks_per_repeat: int = 8
+    norm: str = "instance_norm"
+    norm_eps: float = 1e-3
+    prelu_init: float = 0.1
+    scale_decay: float = 0.9  # block output scale init scale_decay**b (SS-net 'exponential')
+    consistency: str = "pred_source"
+    # training
+    batch_size: int = 6  # single mixtures; MoMs per step = batch_size // 2 (SS-mixit: 6 -> 3)
+    learning_rate: float = 1e-4
+    lr_decay_rate: float = 0.5
+    lr_decay_steps: int = 2_000_000
+    max_snr_db: float = 30.0
+    example_s: float = 5.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise SeparatorConfigError(f"separator norm must be one of {NORMS}, got {self.norm!r}")
+        if self.consistency not in CONSISTENCY:
+            raise SeparatorConfigError(
+                f"separator consistency must be one of {CONSISTENCY}, got {self.consistency!r}"
+            )
+        if self.window % self.hop != 0:
+            raise SeparatorConfigError(
+                f"window ({self.window}) must be a multiple of hop ({self.hop})"
+            )
+        if self.num_sources < 2:
+            raise SeparatorConfigError("num_sources must be >= 2")
+
+    @property
+    def dilations(self) -> list[int]:
+        """Dilation of every block: 1, 2, ..., 2^(blocks_per_repeat-1), repeated."""
+        return [2**i for i in range(self.blocks_per_repeat)] * self.repeats
+
+    @property
+    def num_blocks(self) -> int:
+        return self.repeats * self.blocks_per_repeat
+
+    @property
+    def receptive_field_frames(self) -> int:
+        """Frames seen by one output frame: 1 + (kernel-1) * sum of dilations."""
+        return 1 + (self.kernel_size - 1) * sum(self.dilations)
+
+    @property
+    def receptive_field_s(self) -> float:
+        return self.receptive_field_frames * self.hop / self.sample_rate_hz
+
+    @property
+    def example_samples(self) -> int:
+        return round(self.example_s * self.sample_rate_hz)
+
+    def num_frames(self, num_samples: int) -> int:
+        """F = 1 + ceil((N - W) / H) (end zero padding, ALGORITHMS.md §1.2)."""
+        return 1 + max(0, math.ceil((num_samples - self.window) / self.hop))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, SeparatorConfig] = {
+    # ALGORITHMS.md §1: the paper's (SS-mixit / bird_mixit) model.
+    "paper": SeparatorConfig(name="paper"),
+    # Raspberry Pi presets: longer basis hop (fewer frames), narrower and fewer blocks. Same
+    # whole-window instance norm as the paper: the agent runs fixed 5-s windows, so the
+    # statistics are over one window (not causal, not streamable; see docs/separation.md).
+    "edge": SeparatorConfig(
+        name="edge",
+        window=32,
+        hop=16,
+        num_coeffs=128,
+        bottleneck=64,
+        hidden=128,
+        repeats=2,
+        blocks_per_repeat=8,
+        consistency="pred_source",
+        learning_rate=1e-3,
+        lr_decay_steps=20_000,
+    ),
+    "edge-small": SeparatorConfig(
+        name="edge-small",
+        window=40,
+        hop=20,
+        num_coeffs=64,
+        bottleneck=32,
+        hidden=64,
+        repeats=2,
+        blocks_per_repeat=8,
+        consistency="pred_source",
+        learning_rate=1e-3,
+        lr_decay_steps=20_000,
+    ),
+    # Unit tests only: tiny and fast.
+    "tiny": SeparatorConfig(
+        name="tiny",
+        window=16,
+        hop=8,
+        num_coeffs=16,
+        bottleneck=8,
+        hidden=16,
+        repeats=1,
+        blocks_per_repeat=3,
+        batch_size=4,
+        learning_rate=1e-3,
+        example_s=0.25,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> SeparatorConfig:
+    """The preset ``name`` with fields replaced by ``overrides`` (ConfigError if unknown)."""
+    try:
+        cfg = PRESETS[name]
+    except KeyError:
+        raise SeparatorConfigError(
+            f"unknown separator preset {name!r} (known: {', '.join(PRESETS)})"
+        ) from None
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def count_cost(cfg: SeparatorConfig, window_s: float = 5.0) -> dict[str, int]:
+    """Trainable parameters and multiply-accumulates for one ``window_s`` window.
+
+    MACs count the matrix products (encoder, dense layers, depthwise convs, mask head,
+    decoder, pred_source head); element-wise work (norms, PReLU, masks, overlap-add) is
+    listed separately as ``elementwise`` (one op per element touched, roughly).
+    """
+    n = round(window_s * cfg.sample_rate_hz)
+    f = cfg.num_frames(n)
+    w, c, m, b, h, k = (
+        cfg.window,
+        cfg.num_coeffs,
+        cfg.num_sources,
+        cfg.bottleneck,
+        cfg.hidden,
+        cfg.kernel_size,
+    )
+    norm_params = 0 if cfg.norm == "none" else 2
+    params = w * c  # encoder
+    params += c * b + b + 1  # initial dense + bias + scale
+    per_block = b * h + 1 + 1 + norm_params + h * k + h + 1 + norm_params + h * b + 1
+    params += cfg.num_blocks * per_block
+    params += b * m * c  # mask head
+    params += c * w  # decoder
+    if cfg.consistency == "pred_source":
+        params += b * m
+    macs_frame = w * c + c * b + cfg.num_blocks * (b * h + h * k + h * b) + b * m * c + m * c * w
+    macs = f * macs_frame + (b * m if cfg.consistency == "pred_source" else 0)
+    elementwise = f * (cfg.num_blocks * (6 * h + b) + 2 * m * c) + 2 * m * n
+    return {"params": params, "macs": macs, "frames": f, "elementwise": elementwise}

@@ -1,0 +1,312 @@
+"""MixIT training loop (ALGORITHMS.md §1.7) under a ``tf.distribute`` strategy.
+
+A run folder holds ``config.json`` (the resolved preset), ``data.json`` (the corpora that went
+in), ``checkpoints/`` (``tf.train.Checkpoint`` of model, optimizer and step; the latest few
+kept), ``log.csv`` / ``log.jsonl`` (step, loss, steps/s, validation MoMi) and ``tensorboard/``
+(scalar summaries). Re-running with ``resume=True`` restores the latest checkpoint and continues
+the same data stream (example ``i`` is a pure function of (seed, i)).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import math
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from agent.errors import ChorusError
+from modeltools.separation.losses import mixit
+from modeltools.separation.metrics import momi_per_example
+from modeltools.separation.model import Separator, build_separator
+from modeltools.separation.presets import SeparatorConfig, SeparatorConfigError, get_preset
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+CKPT_DIR = "checkpoints"
+LOG_FIELDS = ["step", "loss_db", "steps_per_s", "examples_per_s", "lr", "val_momi_db", "wall_s"]
+
+
+class TrainingError(ChorusError):
+    """Training cannot go on (non-finite loss that restoring did not cure, bad run folder)."""
+
+
+def make_strategy(kind: str = "cpu", tpu: str | None = None) -> tf.distribute.Strategy:
+    """``tpu`` address -> TPUStrategy; ``mirrored`` -> all GPUs; ``gpu`` -> first GPU;
+    ``auto`` -> mirrored if several GPUs, else one GPU, else CPU; ``cpu`` (default) -> CPU."""
+    if tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "auto":
+        kind = "mirrored" if len(gpus) > 1 else "gpu" if gpus else "cpu"
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if kind == "gpu":
+        if not gpus:
+            raise SeparatorConfigError("--strategy gpu: no GPU visible to TensorFlow")
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
+    if kind == "cpu":
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    raise SeparatorConfigError(f"unknown strategy {kind!r} (cpu, gpu, mirrored, auto, or --tpu)")
+
+
+def save_config(cfg: SeparatorConfig, run_dir: Path) -> None:
+    (run_dir / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+
+
+def load_config(run_dir: Path) -> SeparatorConfig:
+    path = Path(run_dir) / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SeparatorConfigError(
+            f"{run_dir}: no {CONFIG_NAME} (not a separator run folder)"
+        ) from None
+    known = {f.name for f in fields(SeparatorConfig)}
+    return SeparatorConfig(**{k: v for k, v in data.items() if k in known})
+
+
+def _optimizer(cfg: SeparatorConfig) -> Any:
+    import keras
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        cfg.learning_rate, cfg.lr_decay_steps, cfg.lr_decay_rate, staircase=False
+    )
+    return keras.optimizers.Adam(learning_rate=schedule)
+
+
+def make_checkpoint(model: Separator, optimizer: Any, step: tf.Variable) -> tf.train.Checkpoint:
+    return tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+
+
+def load_run(run_dir: str | Path) -> tuple[Separator, SeparatorConfig, int]:
+    """(model with the latest checkpoint's weights, its config, its step) of a run folder."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir)
+    latest = tf.train.latest_checkpoint(str(run_dir / CKPT_DIR))
+    if latest is None:
+        raise SeparatorConfigError(f"{run_dir}: no checkpoint in {CKPT_DIR}/")
+    model = build_separator(cfg, num_samples=cfg.hop * 64)
+    step = tf.Variable(0, dtype=tf.int64)
+    tf.train.Checkpoint(model=model, step=step).restore(latest).expect_partial()
+    return model, cfg, int(step.numpy())
+
+
+class _Logger:
+    def __init__(self, run_dir: Path) -> None:
+        self.csv_path = run_dir / "log.csv"
+        self.jsonl_path = run_dir / "log.jsonl"
+        if not self.csv_path.exists():
+            with self.csv_path.open("w", newline="") as f:
+                csv.writer(f).writerow(LOG_FIELDS)
+        self.writer = tf.summary.create_file_writer(str(run_dir / "tensorboard"))
+        self.has_tensorboard = importlib.util.find_spec("tensorboard") is not None
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.csv_path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in LOG_FIELDS])
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        with self.writer.as_default(step=int(row["step"])):
+            for k in ("loss_db", "steps_per_s", "lr", "val_momi_db"):
+                if row.get(k) not in (None, ""):
+                    if self.has_tensorboard:
+                        tf.summary.scalar(k, float(row[k]))
+                    else:  # core TF raw summary (no TensorBoard package in the train extra)
+                        tf.summary.write(k, tf.constant(float(row[k])))
+        self.writer.flush()
+
+
+def _validation_set(datasets: list[Any], num_examples: int, seed: int) -> tuple | None:
+    from modeltools.data.examples import SeparatorExamples
+
+    if num_examples <= 0:
+        return None
+    try:
+        source = SeparatorExamples(datasets, "val", seed=seed)
+    except ChorusError as exc:
+        log.warning("no validation MoMs (%s): skipping validation MoMi", exc)
+        return None
+    exs = [source.example(i) for i in range(num_examples)]
+    return np.stack([e["mom"] for e in exs]), np.stack([e["mixtures"] for e in exs])
+
+
+def validation_momi(model: Separator, val: tuple, batch_size: int = 4) -> float:
+    mom, refs = val
+    scores = [
+        momi_per_example(
+            refs[i : i + batch_size], model(mom[i : i + batch_size]), mom[i : i + batch_size]
+        )
+        for i in range(0, len(mom), batch_size)
+    ]
+    return float(np.mean(np.concatenate(scores)))
+
+
+def train(
+    cfg: SeparatorConfig | str,
+    data: list[str | Path],
+    run_dir: str | Path,
+    steps: int = 10_000,
+    resume: bool = False,
+    strategy: str = "cpu",
+    tpu: str | None = None,
+    checkpoint_every: int = 200,
+    log_every: int = 10,
+    val_examples: int = 16,
+    seed: int = 0,
+    max_nan_restores: int = 3,
+    progress: bool = True,
+    source: Any = None,
+) -> dict[str, Any]:
+    """Train to ``steps`` total steps; returns the last log row. See the module docstring.
+
+    ``source`` (an :class:`~modeltools.data.pipeline.ExampleSource` with ``mom`` and
+    ``mixtures``) replaces the MoMs drawn from ``data`` (tests; custom data). Ctrl-C saves a
+    checkpoint at the current step before stopping.
+    """
+    from modeltools.data.dataset import read_dataset
+    from modeltools.data.examples import SeparatorExamples
+    from modeltools.data.pipeline import separator_dataset
+
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / CKPT_DIR
+    has_ckpt = tf.train.latest_checkpoint(str(ckpt_dir)) is not None
+    if has_ckpt and not resume:
+        raise SeparatorConfigError(
+            f"{run_dir} already holds checkpoints: pass --resume, or a new --out"
+        )
+    if resume and (run_dir / CONFIG_NAME).exists():
+        cfg = load_config(run_dir)  # the run's own config wins over the preset on resume
+    elif isinstance(cfg, str):
+        cfg = get_preset(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    datasets = [read_dataset(d) for d in data]
+    (run_dir / "data.json").write_text(
+        json.dumps({"corpora": [str(Path(d).resolve()) for d in data], "seed": seed}, indent=1)
+        + "\n"
+    )
+    moms = max(1, cfg.batch_size // 2)  # batch_size counts single mixtures (SS-mixit: 6 -> 3)
+    if cfg.example_s != 5.0:
+        from modeltools.data.examples import SeparatorConfig as DataConfig
+
+        data_cfg = DataConfig(example_s=cfg.example_s)
+    else:
+        data_cfg = None
+    if source is None:
+        source = SeparatorExamples(datasets, "train", cfg=data_cfg, seed=seed)
+    val = _validation_set(datasets, val_examples, seed + 1) if datasets else None
+
+    strat = make_strategy(strategy, tpu)
+    import keras
+
+    keras.utils.set_random_seed(seed)  # reproducible initial weights (resume restores them)
+    with strat.scope():
+        model = build_separator(cfg, num_samples=cfg.example_samples)
+        optimizer = _optimizer(cfg)
+        optimizer.build(model.trainable_variables)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    ckpt = make_checkpoint(model, optimizer, step)
+    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=3)
+    if manager.latest_checkpoint:
+        ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("resumed %s at step %d", manager.latest_checkpoint, int(step.numpy()))
+    start = int(step.numpy())
+    if start >= steps:
+        log.info("already at step %d >= %d", start, steps)
+        return {"step": start}
+
+    @tf.function
+    def train_step(batch: dict[str, tf.Tensor]) -> tf.Tensor:
+        def replica(b: dict[str, tf.Tensor]) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                est = model(b["mom"], training=True)
+                per_example, _ = mixit(b["mixtures"], est, cfg.max_snr_db)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=moms)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss
+
+        losses = strat.run(replica, args=(batch,))
+        step.assign_add(1)
+        return strat.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    def make_iter(at: int) -> Any:
+        ds = separator_dataset(source, batch_size=moms, start=at * moms)
+        return iter(strat.experimental_distribute_dataset(ds))
+
+    logger = _Logger(run_dir)
+    it = make_iter(start)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True)
+    nan_restores, window, t0, t_start = 0, [], time.monotonic(), time.monotonic()
+    row: dict[str, Any] = {"step": start}
+    try:
+        while int(step.numpy()) < steps:
+            loss = float(train_step(next(it)))
+            cur = int(step.numpy())
+            if not math.isfinite(loss):
+                nan_restores += 1
+                if nan_restores > max_nan_restores or manager.latest_checkpoint is None:
+                    raise TrainingError(f"non-finite loss at step {cur}; stopping")
+                log.warning("non-finite loss at step %d: restoring the latest checkpoint", cur)
+                ckpt.restore(manager.latest_checkpoint)
+                step.assign(cur)  # skip the batch that blew up (keep the stream moving forwards)
+                continue
+            window.append(loss)
+            if bar is not None:
+                bar.update(1)
+            at_ckpt = cur % checkpoint_every == 0 or cur == steps
+            if cur % log_every == 0 or at_ckpt:
+                dt = time.monotonic() - t0
+                row = {
+                    "step": cur,
+                    "loss_db": float(np.mean(window)),
+                    "steps_per_s": len(window) / dt if dt > 0 else 0.0,
+                    "examples_per_s": len(window) * moms / dt if dt > 0 else 0.0,
+                    "lr": float(optimizer.learning_rate.numpy())
+                    if hasattr(optimizer.learning_rate, "numpy")
+                    else float(cfg.learning_rate),
+                    "wall_s": time.monotonic() - t_start,
+                }
+                if at_ckpt:
+                    manager.save(checkpoint_number=cur)
+                    if val is not None:
+                        row["val_momi_db"] = validation_momi(model, val)
+                logger.write(row)
+                if bar is not None:
+                    bar.set_postfix(
+                        loss=f"{row['loss_db']:.2f}",
+                        sps=f"{row['steps_per_s']:.2f}",
+                        momi=f"{row.get('val_momi_db', float('nan')):.2f}",
+                    )
+                window, t0 = [], time.monotonic()
+    except KeyboardInterrupt:
+        cur = int(step.numpy())
+        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{cur}"):
+            manager.save(checkpoint_number=cur)
+        log.warning("interrupted at step %d: checkpoint saved, resume with --resume", cur)
+        row = {**row, "step": cur, "interrupted": True}
+    if bar is not None:
+        bar.close()
+    return row
+
+
+def with_overrides(cfg: SeparatorConfig, **overrides: Any) -> SeparatorConfig:
+    """``cfg`` with the non-None ``overrides`` applied."""
+    kept = {k: v for k, v in overrides.items() if v is not None}
+    return replace(cfg, **kept) if kept else cfg

@@ -1,0 +1,173 @@
+"""Separator training: one step lowers the loss, checkpoints resume exactly, MixIT on real audio."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.needs_tf
+tf = pytest.importorskip("tensorflow")
+
+from agent.errors import ConfigError  # noqa: E402
+from modeltools.separation.losses import mixit  # noqa: E402
+from modeltools.separation.metrics import momi_per_example  # noqa: E402
+from modeltools.separation.presets import get_preset  # noqa: E402
+from modeltools.separation.train import load_run, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("CHORUS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+class ToyMoMs:
+    """Deterministic MoMs of two 'birds' (tones at random pitch) in little noise."""
+
+    def __init__(self, num_samples: int) -> None:
+        self.n = num_samples
+
+    def __len__(self) -> int:
+        return 64
+
+    def keys(self) -> list[str]:
+        return ["mom", "mixtures"]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"mom": (self.n,), "mixtures": (2, self.n)}
+
+    def example_list(self, index: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(index)
+        t = np.arange(self.n) / 22050
+        mixes = np.stack(
+            [
+                0.3 * np.sin(2 * np.pi * rng.uniform(500, 5000) * t)
+                + 0.01 * rng.normal(size=self.n)
+                for _ in range(2)
+            ]
+        ).astype(np.float32)
+        return [mixes.sum(0), mixes]
+
+
+def _weights(model: tf.keras.Model) -> list[np.ndarray]:
+    return [v.numpy() for v in model.weights]
+
+
+def test_training_lowers_the_loss_and_resumes_exactly(tmp_path: Path) -> None:
+    cfg = get_preset("tiny")
+    source = ToyMoMs(cfg.example_samples)
+    batch = [np.stack(x) for x in zip(*(source.example_list(i) for i in range(2)), strict=True)]
+
+    def loss_of(run: Path) -> float:
+        model, _, _ = load_run(run)
+        return float(tf.reduce_mean(mixit(batch[1], model(batch[0]))[0]))
+
+    kw = dict(data=[], strategy="cpu", log_every=1, val_examples=0, progress=False, source=source)
+    # Run A: 3 steps, checkpoint every step (the step-0 weights are needed for "before").
+    run_a = tmp_path / "a"
+    train(cfg, run_dir=run_a, steps=1, checkpoint_every=1, **kw)
+    after_one = loss_of(run_a)
+    train(cfg, run_dir=run_a, steps=3, checkpoint_every=1, resume=True, **kw)
+    # Run B: the same 3 steps without interruption.
+    run_b = tmp_path / "b"
+    train(cfg, run_dir=run_b, steps=3, checkpoint_every=3, **kw)
+    model_a, _, step_a = load_run(run_a)
+    model_b, _, step_b = load_run(run_b)
+    assert step_a == step_b == 3
+    for wa, wb in zip(_weights(model_a), _weights(model_b), strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-6)
+    assert loss_of(run_a) < after_one  # a few more steps lowered the loss on these MoMs
+    rows = list(csv.DictReader((run_a / "log.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(float(r["loss_db"])) for r in rows)
+    assert json.loads((run_a / "config.json").read_text())["name"] == "tiny"
+    with pytest.raises(ConfigError):  # an existing run is never overwritten without --resume
+        train(cfg, run_dir=run_a, steps=5, **kw)
+
+
+def test_one_step_lowers_the_loss(tmp_path: Path) -> None:
+    from modeltools.separation.model import build_separator
+
+    cfg = get_preset("tiny")
+    source = ToyMoMs(cfg.example_samples)
+    mom, refs = (np.stack(x) for x in zip(*(source.example_list(i) for i in range(4)), strict=True))
+    model = build_separator(cfg)
+    opt = tf.keras.optimizers.Adam(1e-2)
+
+    def loss() -> tf.Tensor:
+        return tf.reduce_mean(mixit(refs, model(mom, training=True))[0])
+
+    before = float(loss())
+    with tf.GradientTape() as tape:
+        value = loss()
+    grads = tape.gradient(value, model.trainable_variables)
+    assert all(g is not None for g in grads)  # every weight gets a gradient
+    opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    assert float(loss()) < before
+
+
+@pytest.mark.needs_shared_data
+@pytest.mark.skipif(not (SHARED / "birdvox-tests").is_dir(), reason="../shared/data absent")
+def test_mixit_on_the_birdvox_triplet() -> None:
+    sf = pytest.importorskip("soundfile")
+    folder = SHARED / "birdvox-tests"
+    bg, _ = sf.read(folder / "BirdVox-scaper_example_background.wav", dtype="float32")
+    fg, _ = sf.read(folder / "BirdVox-scaper_example_foreground.wav", dtype="float32")
+    mix, _ = sf.read(folder / "BirdVox-scaper_example_mix.wav", dtype="float32")
+    np.testing.assert_allclose(bg + fg, mix, atol=1e-3)  # mix = background + foreground
+    refs = np.stack([bg, fg])[None]
+    # Oracle estimates in a shuffled order plus a silent channel and a quiet leak.
+    est = np.stack([fg, 1e-4 * bg, bg, np.zeros_like(bg)])[None]
+    loss, mat = mixit(refs, est)
+    np.testing.assert_array_equal(mat.numpy()[0, 1], [1, 0, 0, 0])  # foreground -> mixture 2
+    np.testing.assert_array_equal(mat.numpy()[0, 0, [0, 2]], [0, 1])  # background -> mixture 1
+    assert loss.numpy()[0] < -29.0
+    gain = momi_per_example(refs, est, mix[None])[0]
+    assert gain > 20.0  # a faint flight call: separating it is a large SI-SNR gain
+
+
+class NaNAfter(ToyMoMs):
+    """Toy MoMs that turn to NaN from example ``start`` on."""
+
+    def __init__(self, num_samples: int, start: int) -> None:
+        super().__init__(num_samples)
+        self.start = start
+
+    def example_list(self, index: int) -> list[np.ndarray]:
+        out = super().example_list(index)
+        return [np.full_like(x, np.nan) for x in out] if index >= self.start else out
+
+
+def test_nan_guard_restores_then_stops(tmp_path: Path) -> None:
+    from modeltools.separation.train import TrainingError
+
+    cfg = get_preset("tiny")  # 2 MoMs per step: examples >= 2 poison every step after the first
+    source = NaNAfter(cfg.example_samples, start=2)
+    with pytest.raises(TrainingError, match="non-finite"):
+        train(
+            cfg,
+            [],
+            tmp_path,
+            steps=10,
+            checkpoint_every=1,
+            val_examples=0,
+            progress=False,
+            source=source,
+            max_nan_restores=2,
+        )
+    model, _, step = load_run(tmp_path)
+    assert step == 1  # only the good step was checkpointed
+    assert all(np.all(np.isfinite(w)) for w in _weights(model))
+
+
+def test_cli_reports_a_missing_run_as_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from modeltools.cli import main
+
+    assert main(["eval-separator", "--checkpoint", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert "not a separator run folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train-separator", "--preset", "nope", "--data", "x", "--out", str(tmp_path)])
