@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
@@ -27,9 +27,13 @@ class RuntimeOptions:
     accelerator: str = "cpu"
 
 
-def _load(bundle: Bundle, spec: ModelFile, options: RuntimeOptions) -> TFLiteModel:
+def _load(
+    bundle: Bundle, spec: ModelFile, options: RuntimeOptions, output_name: str | None = None
+) -> TFLiteModel:
     edgetpu = bundle.file(spec.edgetpu_file) if spec.edgetpu_file else None
-    return TFLiteModel(bundle.file(spec.file), options.num_threads, options.accelerator, edgetpu)
+    return TFLiteModel(
+        bundle.file(spec.file), options.num_threads, options.accelerator, edgetpu, output_name
+    )
 
 
 def _check_shape(
@@ -57,12 +61,26 @@ class Separator:
         return self.spec.num_sources
 
     def separate(self, window: np.ndarray) -> np.ndarray:
-        """(N,) float32 -> (M, N) float32."""
-        return self.model.run(window[np.newaxis, :].astype(np.float32))[0]
+        """(N,) float32 -> (M, N) float32.
+
+        With the manifest's ``input_peak`` the window is scaled to that peak before the model
+        and the channels are scaled back after it: the model sees the levels it was trained on,
+        and because the scaling is linear the channels still sum to the input. A silent (or
+        non-finite) window runs unscaled: there is no gain that would normalize it.
+        """
+        x = np.asarray(window, dtype=np.float32)
+        target = self.spec.input_peak
+        peak = float(np.max(np.abs(x))) if target is not None and x.size else 0.0
+        if target is None or not (np.isfinite(peak) and peak > 0.0):
+            return self.model.run(x[np.newaxis, :])[0]
+        gain = target / peak
+        out = self.model.run((x * np.float32(gain))[np.newaxis, :])[0]
+        return (out * np.float32(peak / target)).astype(np.float32)
 
 
 class Classifier:
-    """An ensemble of classifier members sharing one label table.
+    """An ensemble of classifier members sharing one label table (and, with input "features",
+    one frontend model).
 
     ``classify`` runs every member on every channel and averages logits over the ensemble
     (ALGORITHMS.md §2.7: ensemble mean first; the max over channels comes later).
@@ -70,10 +88,20 @@ class Classifier:
 
     def __init__(self, bundle: Bundle, spec: ClassifierSpec, options: RuntimeOptions) -> None:
         self.spec = spec
-        self.members = [_load(bundle, m, options) for m in spec.members]
         n, c = spec.window_samples, len(spec.labels)
+        self.frontend: TFLiteModel | None = None
+        member_input: tuple[int, ...] = (1, n)
+        if spec.frontend_model is not None:
+            # A float frontend (STFT, mel...) has no Edge TPU twin: it runs on the CPU then.
+            fe_options = (
+                options if spec.frontend_model.edgetpu_file else replace(options, accelerator="cpu")
+            )
+            self.frontend = _load(bundle, spec.frontend_model, fe_options)
+            _check_shape(self.frontend, "input", self.frontend.input.shape, (1, n))
+            member_input = self.frontend.output.shape
+        self.members = [_load(bundle, m, options, spec.output_name) for m in spec.members]
         for model in self.members:
-            _check_shape(model, "input", model.input.shape, (1, n))
+            _check_shape(model, "input", model.input.shape, member_input)
             _check_shape(model, "output", model.output.shape, (1, c))
 
     @property
@@ -91,9 +119,12 @@ class Classifier:
     def member_logits(self, channels: np.ndarray) -> np.ndarray:
         """(K, N) channels -> (E, K, C) logits of each member on each channel."""
         out = np.empty((len(self.members), channels.shape[0], len(self.labels)), np.float32)
-        for e, model in enumerate(self.members):
-            for k in range(channels.shape[0]):
-                out[e, k] = model.run(channels[k][np.newaxis, :])[0]
+        for k in range(channels.shape[0]):
+            x = channels[k][np.newaxis, :]
+            if self.frontend is not None:  # once per channel, shared by every member
+                x = self.frontend.run(x)
+            for e, model in enumerate(self.members):
+                out[e, k] = model.run(x)[0]
         return out
 
     def classify(self, channels: np.ndarray) -> np.ndarray:

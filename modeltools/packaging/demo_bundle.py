@@ -53,6 +53,8 @@ HOP_SAMPLES = 256  # classifier frame hop
 GOLDEN_ATOL = 0.25
 GOLDEN_WINDOW_START_S = 17.5  # of make_demo_soundscape(seed=0): four species, two overlapping
 CREATED_UTC = "2026-11-25T00:00:00Z"  # fixed so rebuilding reproduces the manifest
+MIN_AGENT_VERSION = "0.1.0"  # the first agent that reads format 2 manifests
+MIN_LITERT_VERSION = "2.3.0"  # what the models were converted for (DEPENDENCIES.md §3)
 # Where a call at the threshold level sits: logit 0. Calls at <= -45 dBFS must land below -2,
 # calls at >= -30 dBFS above +2; LOGIT_PER_DB = 0.5 puts them near -3.75 / +3.75.
 THRESHOLD_DBFS = -37.5
@@ -371,6 +373,12 @@ def _manifest_fields() -> dict[str, Any]:
             "agent.demo. Use it to exercise the agent end to end, never to identify real birds."
         ),
         "created_utc": CREATED_UTC,
+        "min_agent_version": MIN_AGENT_VERSION,
+        "runtime": {
+            "interpreter": "tflite-builtins",
+            "min_litert": MIN_LITERT_VERSION,
+            "flavour": "float32 separator, int8 classifiers",
+        },
         "sample_rate_hz": DEMO_SAMPLE_RATE_HZ,
         "window_samples": WINDOW_SAMPLES,
         "separator": {"file": "separator.tflite", "edgetpu_file": None, "num_sources": NUM_SOURCES},
@@ -380,6 +388,13 @@ def _manifest_fields() -> dict[str, Any]:
                 "members": [{"file": m.file} for m in MEMBERS],
                 "labels": "labels.csv",
                 "input": "waveform",
+                # The members compute their features in-model; recorded for reference.
+                "frontend": {
+                    "kind": "in-model quadrature filterbank",
+                    "bands": len(DEMO_SPECIES),
+                    "hop_samples": HOP_SAMPLES,
+                    "kernel_samples": [m.kernel_samples for m in MEMBERS],
+                },
             }
         ],
         "golden": {
@@ -504,4 +519,54 @@ def build_test_models(out_dir: str | Path) -> list[Path]:
     log.info("wrote %s (%d bytes)", path, len(content))
     from modeltools.packaging.birdnet_test_models import build_birdnet_test_models
 
-    return [path, *build_birdnet_test_models(out)]
+    return [path, *build_birdnet_test_models(out), *build_verify_test_models(out)]
+
+
+def build_verify_test_models(out_dir: str | Path) -> list[Path]:
+    """Write two tiny models for the bundle-verification tests, float32 (1, 8) input:
+
+    * ``two_outputs.tflite``: outputs ``logits`` = 2 x (1, 8) and ``embedding`` = sum(x) (1, 1),
+      for picking a classifier output by name;
+    * ``flex_op.tflite``: the same through a string round trip (AsString, StringToNumber), which
+      needs Flex (SELECT_TF_OPS) ops that the device runtime cannot run.
+    """
+    tf = _tf()
+    spec = tf.TensorSpec([1, 8], tf.float32, name="x")
+    module_base: Any = tf.Module
+
+    class TwoOutputs(module_base):
+        @tf.function(input_signature=[spec])
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"logits": 2.0 * x, "embedding": tf.reduce_sum(x, axis=1, keepdims=True)}
+
+    class FlexOp(module_base):
+        @tf.function(input_signature=[spec])
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"logits": 2.0 * tf.strings.to_number(tf.strings.as_string(x))}
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, module, flex in (("two_outputs", TwoOutputs(), False), ("flex_op", FlexOp(), True)):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [module.serve.get_concrete_function()], module
+        )
+        if flex:
+            converter.target_spec.supported_ops = [
+                tf.lite.OpsSet.TFLITE_BUILTINS,
+                tf.lite.OpsSet.SELECT_TF_OPS,
+            ]
+        tf_log = logging.getLogger("tensorflow")
+        old_level = tf_log.level
+        tf_log.setLevel(logging.WARNING)  # keep TF's "Assets written" lines out of the CLI
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                content = bytes(converter.convert())
+        finally:
+            tf_log.setLevel(old_level)
+        path = out / f"{name}.tflite"
+        path.write_bytes(content)
+        log.info("wrote %s (%d bytes)", path, len(content))
+        paths.append(path)
+    return paths
