@@ -54,5 +54,12 @@ def load_member(run_dir: str | Path, which: str = "best") -> tuple[Any, Classifi
         weights = run_dir / "final.weights.h5"
     if not weights.is_file():
         raise ClassifierError(f"{run_dir}: no trained weights (best/final.weights.h5)")
-    model.load_weights(weights)
+    try:
+        model.load_weights(weights)
+    except (ValueError, KeyError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClassifierError(
+            f"{run_dir}: {weights.name} does not match the run's config (preset {cfg.name}): "
+            f"{first[:200]}"
+        ) from None
     return model, cfg

@@ -90,16 +90,28 @@ def make_checkpoint(model: Separator, optimizer: Any, step: tf.Variable) -> tf.t
     return tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
 
 
-def load_run(run_dir: str | Path) -> tuple[Separator, SeparatorConfig, int]:
-    """(model with the latest checkpoint's weights, its config, its step) of a run folder."""
+def load_run(
+    run_dir: str | Path, checkpoint: str | Path | None = None
+) -> tuple[Separator, SeparatorConfig, int]:
+    """(model with the latest checkpoint's weights, its config, its step) of a run folder.
+
+    ``checkpoint``: a checkpoint prefix (``.../ckpt-3000``) to load instead of the latest.
+    """
     run_dir = Path(run_dir)
     cfg = load_config(run_dir)
-    latest = tf.train.latest_checkpoint(str(run_dir / CKPT_DIR))
-    if latest is None:
-        raise SeparatorConfigError(f"{run_dir}: no checkpoint in {CKPT_DIR}/")
+    latest = str(checkpoint) if checkpoint else tf.train.latest_checkpoint(str(run_dir / CKPT_DIR))
+    if latest is None or not Path(f"{latest}.index").is_file():
+        raise SeparatorConfigError(f"{run_dir}: no checkpoint {latest or 'in ' + CKPT_DIR + '/'}")
     model = build_separator(cfg, num_samples=cfg.hop * 64)
     step = tf.Variable(0, dtype=tf.int64)
-    tf.train.Checkpoint(model=model, step=step).restore(latest).expect_partial()
+    try:
+        tf.train.Checkpoint(model=model, step=step).restore(latest).expect_partial()
+    except (ValueError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SeparatorConfigError(
+            f"{run_dir}: checkpoint {Path(latest).name} does not match the run's config.json "
+            f"(preset {cfg.name}): {first[:200]}"
+        ) from None
     return model, cfg, int(step.numpy())
 
 
@@ -168,6 +180,7 @@ def train(
     max_nan_restores: int = 3,
     progress: bool = True,
     source: Any = None,
+    resume_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train to ``steps`` total steps; returns the last log row. See the module docstring.
 
@@ -188,6 +201,7 @@ def train(
         )
     if resume and (run_dir / CONFIG_NAME).exists():
         cfg = load_config(run_dir)  # the run's own config wins over the preset on resume
+        cfg = _apply_resume_overrides(cfg, run_dir, resume_overrides or {})
     elif isinstance(cfg, str):
         cfg = get_preset(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -304,6 +318,53 @@ def train(
     if bar is not None:
         bar.close()
     return row
+
+
+def pack_run(
+    run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None
+) -> tuple[Path, int]:
+    """Copy a run's config, data record and logs plus one checkpoint's *model* weights (no
+    optimizer state: about a third of the size) into ``out_dir``, a run folder that
+    ``load_run``, ``eval-separator`` and ``export`` accept. Returns (out_dir, step)."""
+    import shutil
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, _, step = load_run(run_dir, checkpoint)
+    if out_dir.exists():
+        raise SeparatorConfigError(f"{out_dir} exists; choose a new folder")
+    out_dir.mkdir(parents=True)
+    for name in (CONFIG_NAME, "data.json", "log.csv"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out_dir / name)
+    step_var = tf.Variable(step, dtype=tf.int64)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=model, step=step_var), str(out_dir / CKPT_DIR), max_to_keep=1
+    )
+    manager.save(checkpoint_number=step)
+    return out_dir, step
+
+
+# What may change when a run is resumed (the rest defines the model or the data stream).
+RESUMABLE_OVERRIDES = ("learning_rate", "lr_decay_steps")
+
+
+def _apply_resume_overrides(
+    cfg: SeparatorConfig, run_dir: Path, overrides: dict[str, Any]
+) -> SeparatorConfig:
+    """The run's config with a new learning-rate schedule from the checkpoint on (an annealing
+    phase); each change is recorded in ``extra["schedule_changes"]`` with the step it took
+    effect, so config.json says how the weights were made."""
+    kept = {k: v for k, v in overrides.items() if v is not None and getattr(cfg, k) != v}
+    bad = sorted(set(kept) - set(RESUMABLE_OVERRIDES))
+    if bad:
+        raise SeparatorConfigError(f"cannot change {', '.join(bad)} when resuming a run")
+    if not kept:
+        return cfg
+    latest = tf.train.latest_checkpoint(str(run_dir / CKPT_DIR))
+    at = int(latest.rsplit("-", 1)[-1]) if latest else 0
+    changes = [*cfg.extra.get("schedule_changes", []), {"step": at, **kept}]
+    log.info("resuming at step %d with %s (was %s)", at, kept, {k: getattr(cfg, k) for k in kept})
+    return replace(cfg, **kept, extra={**cfg.extra, "schedule_changes": changes})
 
 
 def with_overrides(cfg: SeparatorConfig, **overrides: Any) -> SeparatorConfig:

@@ -171,3 +171,57 @@ def test_cli_reports_a_missing_run_as_an_error(
     assert "not a separator run folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train-separator", "--preset", "nope", "--data", "x", "--out", str(tmp_path)])
+
+
+def test_resume_can_anneal_the_learning_rate_and_records_it(tmp_path: Path) -> None:
+    cfg = get_preset("tiny")
+    kw = dict(data=[], strategy="cpu", log_every=1, val_examples=0, progress=False)
+    run = tmp_path / "r"
+    train(cfg, run_dir=run, steps=1, checkpoint_every=1, source=ToyMoMs(cfg.example_samples), **kw)
+    train(
+        cfg,
+        run_dir=run,
+        steps=2,
+        checkpoint_every=1,
+        resume=True,
+        source=ToyMoMs(cfg.example_samples),
+        resume_overrides={"learning_rate": 1e-5},
+        **kw,
+    )
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["learning_rate"] == 1e-5
+    assert saved["extra"]["schedule_changes"] == [{"step": 1, "learning_rate": 1e-5}]
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert float(rows[-1]["lr"]) < 2e-5 < float(rows[0]["lr"])  # the new rate was used
+    with pytest.raises(ConfigError, match="num_coeffs"):
+        train(
+            cfg,
+            run_dir=run,
+            steps=3,
+            resume=True,
+            source=ToyMoMs(cfg.example_samples),
+            resume_overrides={"num_coeffs": 8},
+            **kw,
+        )
+
+
+def test_pack_keeps_the_model_weights_without_optimizer_state(tmp_path: Path) -> None:
+    from modeltools.separation.train import pack_run
+
+    cfg = get_preset("tiny")
+    kw = dict(data=[], strategy="cpu", log_every=1, val_examples=0, progress=False)
+    run = tmp_path / "r"
+    train(cfg, run_dir=run, steps=2, checkpoint_every=1, source=ToyMoMs(cfg.example_samples), **kw)
+    out, step = pack_run(run, tmp_path / "packed", run / "checkpoints" / "ckpt-1")
+    assert step == 1
+    packed, _, packed_step = load_run(out)
+    original, _, _ = load_run(run, run / "checkpoints" / "ckpt-1")
+    assert packed_step == 1
+    for a, b in zip(_weights(packed), _weights(original), strict=True):
+        np.testing.assert_array_equal(a, b)
+    size = lambda d: sum(f.stat().st_size for f in (d / "checkpoints").iterdir())  # noqa: E731
+    assert size(out) < size(run) / 2  # no Adam slots, one checkpoint
+    with pytest.raises(ConfigError, match="exists"):
+        pack_run(run, out)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        load_run(run, run / "checkpoints" / "ckpt-99")

@@ -1,0 +1,1 @@
+"""TFLite conversion, the parity gate and bundle writing (issue 6)."""
