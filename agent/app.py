@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.audio.chunk import AudioSource, StreamInfo
 from agent.clips import ClipStore
@@ -23,13 +24,30 @@ from agent.models.stages import LoadedModels, RuntimeOptions, load_models
 from agent.pipeline import Inference, PipelineStats, StreamProcessor, run_stream
 from agent.sinks import Sink
 
+if TYPE_CHECKING:
+    from agent.detection.types import Detection
+    from agent.ota.updater import Updater
+
 log = logging.getLogger(__name__)
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundles" / "demo"
+BUNDLES = Path(__file__).resolve().parent / "bundles"
+DEFAULT_BUNDLE = BUNDLES / "default"  # trained edge bundle (chorus-models export)
+DEMO_BUNDLE = BUNDLES / "demo"  # hand-set plumbing models for the generated demo audio
+
+
+def factory_bundle_path(config: AgentConfig) -> Path:
+    """The configured bundle (``inference.bundle``, else the shipped default)."""
+    return Path(config.inference.bundle) if config.inference.bundle else DEFAULT_BUNDLE
 
 
 def bundle_path(config: AgentConfig) -> Path:
-    return Path(config.inference.bundle) if config.inference.bundle else DEFAULT_BUNDLE
+    """The bundle to load: with updates enabled the model store's ``current`` (the configured
+    bundle until an update is activated), else the configured bundle."""
+    if config.updates.enabled:
+        from agent.ota.updater import store_for
+
+        return store_for(config).current()
+    return factory_bundle_path(config)
 
 
 def check_config_against_models(config: AgentConfig, models: LoadedModels) -> None:
@@ -54,8 +72,9 @@ def check_config_against_models(config: AgentConfig, models: LoadedModels) -> No
         raise ConfigError(problems)
 
 
-def build_models(config: AgentConfig) -> LoadedModels:
-    bundle = load_bundle(bundle_path(config))
+def build_models(config: AgentConfig, path: Path | None = None) -> LoadedModels:
+    """Load the bundle at ``path`` (default :func:`bundle_path`) as ``config`` runs it."""
+    bundle = load_bundle(path or bundle_path(config))
     if config.inference.mode != "mix_only" and bundle.manifest.separator is None:
         raise ConfigError(
             [
@@ -135,6 +154,17 @@ class Engine:
                         f"got {self.config.audio.hop_s}"
                     ]
                 )
+
+    def swap_models(
+        self, models: LoadedModels, processor: StreamProcessor | None = None
+    ) -> list[Detection]:
+        """Switch to ``models`` between two windows (OTA): later streams use them, and
+        ``processor`` (the running stream) from its next window on. Returns the detections of
+        the events this closed (already emitted to the sinks)."""
+        inference = Inference(models, self.config.inference.mode, self.stats)
+        closed = processor.swap_inference(inference) if processor is not None else []
+        self.models, self.inference = models, inference
+        return closed
 
     def processor(
         self,
@@ -331,18 +361,32 @@ def run_live(
     sinks: Sequence[Sink],
     stop: threading.Event,
     status_interval_s: float = 60.0,
+    updater: Updater | None = None,
 ) -> PipelineStats:
     """Run until the sources end or ``stop`` is set; drain; close the sinks last.
 
     Sinks that are :class:`~agent.health.TickListener` (the MQTT output's heartbeat) are
-    called on every pipeline tick; a status line is logged every ``status_interval_s``.
+    called on every pipeline tick; a status line is logged every ``status_interval_s``. With
+    ``updates.enabled`` an :class:`~agent.ota.updater.Updater` (``updater``, else a new one) is
+    ticked too: it switches models between two windows.
     """
     from agent.health import TickListener
     from agent.supervisor import Supervisor
 
+    if updater is None and engine.config.updates.enabled:
+        from agent.ota.updater import Updater
+
+        try:
+            updater = Updater(engine.config, engine).start()
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            raise
     last = [time.monotonic()]
     supervisor = Supervisor(engine.config, engine.stats)
-    listeners = [supervisor, *(s for s in sinks if isinstance(s, TickListener))]
+    listeners: list[TickListener] = [supervisor, *(s for s in sinks if isinstance(s, TickListener))]
+    if updater is not None:
+        listeners.insert(0, updater)  # first: a switch happens before anything reads the models
 
     def tick(proc: StreamProcessor, source: AudioSource) -> None:
         for listener in listeners:
@@ -373,6 +417,8 @@ def run_live(
                 on_tick=tick,
             )
     finally:
+        if updater is not None:
+            updater.close()
         supervisor.close()
         for sink in sinks:
             try:

@@ -76,16 +76,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_check_bundle(args: argparse.Namespace) -> int:
-    from agent.models.golden import smoke_test
-    from agent.models.manifest import load_bundle
-    from agent.models.stages import RuntimeOptions, load_models
+    from agent.models.verify import verify_bundle
 
-    bundle = load_bundle(args.bundle)
-    models = load_models(
-        bundle, RuntimeOptions(), use_separator=bundle.manifest.separator is not None
-    )
-    result = smoke_test(models)
-    print(f"{args.bundle}: {bundle.manifest.name} {bundle.manifest.version}: {result}")
+    # Hashes and sizes, builtin ops only, shapes, golden smoke test; the first failure raises
+    # BundleError (one line, exit 2).
+    report = verify_bundle(args.bundle)
+    print(report.format())
+    print(f"{args.bundle}: {report.name} {report.version}: {report.golden}")
     return 0
 
 
@@ -129,6 +126,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _config(args.config)
     _setup_logging(args.log_level or config.log_level)
+    if config.updates.enabled:  # before any model loads: count the restart, undo a crash loop
+        from agent.ota.updater import prepare_start
+
+        prepare_start(config)
     engine = build_engine(config)
     sources = make_sources(config.audio, engine.models.sample_rate_hz)
     sinks = build_live_sinks(config)
@@ -182,7 +183,54 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo_run import run_demo
 
-    return run_demo(Path(args.out), duration_s=args.duration_s, seed=args.seed)
+    return run_demo(
+        Path(args.out), duration_s=args.duration_s, seed=args.seed, synthetic=args.synthetic
+    )
+
+
+def _model_store(args: argparse.Namespace) -> Any:
+    from agent.ota.updater import store_for
+
+    config = _config(args.config)
+    if not config.updates.enabled:
+        raise ConfigError(
+            ["updates.enabled: false, so the agent does not use the model store"],
+            args.config or "defaults",
+        )
+    return store_for(config), config
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    store, config = _model_store(args)
+    if args.models_action == "list":
+        pending = store.read_state().get("pending")
+        for v in store.versions():
+            marks = [
+                m
+                for m, on in (
+                    ("active", v.active),
+                    ("previous", v.previous),
+                    ("factory", v.factory),
+                    ("rolled back", v.refused),
+                )
+                if on
+            ]
+            if v.active and pending:
+                marks.append(f"unconfirmed, {pending.get('restarts', 0)} restart(s)")
+            star = "*" if v.active else " "
+            print(f"{star} {v.name} {v.version:<12} {', '.join(marks) or '-':<32} {v.path}")
+        return 0
+    if args.models_action == "activate":
+        path = store.find(args.version)
+        store.activate(path, None, "activated by hand (chorus-agent models activate)")
+        print(
+            f"activated {path.name}; restart the agent to load it (confirmed after "
+            f"{config.updates.confirm_windows} healthy windows, else rolled back)"
+        )
+        return 0
+    back = store.rollback("rolled back by hand (chorus-agent models rollback)")
+    print(f"rolled back to {back}; restart the agent to load it")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print", action="store_true", help="print the effective config")
     s.set_defaults(func=cmd_check_config)
 
-    s = sub.add_parser("check-bundle", help="validate a model bundle and run its golden smoke test")
+    s = sub.add_parser(
+        "check-bundle",
+        help="verify a model bundle (hashes, sizes, ops, shapes) and run its golden smoke test",
+    )
     s.add_argument("bundle")
     s.set_defaults(func=cmd_check_bundle)
 
@@ -232,13 +283,39 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("devices", help="list audio input devices")
     s.set_defaults(func=cmd_devices)
 
-    s = sub.add_parser("demo", help="analyse a generated demo soundscape with the shipped bundle")
+    s = sub.add_parser(
+        "demo", help="analyse the shipped demo soundscape with the shipped bundle and score it"
+    )
     s.add_argument(
         "--out", "-o", default="chorus-demo", help="output folder (default: chorus-demo)"
     )
-    s.add_argument("--duration-s", type=float, default=60.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="instead: a generated soundscape of six demo sources with the hand-set plumbing "
+        "bundle (agent/bundles/demo)",
+    )
+    s.add_argument("--duration-s", type=float, default=60.0, help="with --synthetic")
+    s.add_argument("--seed", type=int, default=0, help="with --synthetic")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser(
+        "models", help="installed model bundles (OTA store): list, activate a version, roll back"
+    )
+    config_arg = argparse.ArgumentParser(add_help=False)
+    config_arg.add_argument("--config", "-c", help="agent YAML config (needs updates.enabled)")
+    actions = s.add_subparsers(dest="models_action", required=True, metavar="ACTION")
+    actions.add_parser(
+        "list", parents=[config_arg], help="installed versions; * marks the active one"
+    )
+    a = actions.add_parser(
+        "activate", parents=[config_arg], help="make an installed version current (restart after)"
+    )
+    a.add_argument("version", help="version (or folder name <name>-<version>)")
+    actions.add_parser(
+        "rollback", parents=[config_arg], help="go back to the previous version (restart after)"
+    )
+    s.set_defaults(func=cmd_models)
     return p
 
 

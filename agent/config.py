@@ -266,6 +266,38 @@ class StorageConfig(_Section):
     clips: ClipsConfig = ClipsConfig()
 
 
+class UpdatesConfig(_Section):
+    """Over-the-air model updates (docs/ota.md): signed bundles announced over MQTT."""
+
+    enabled: bool = False
+    # Public keys whose signatures this device accepts: PEM files or "ed25519:<base64>".
+    trusted_keys: list[str] = []
+    groups: list[str] = []  # roll-out groups: also follow <prefix>/_group/<group>/cmd/update
+    store_dir: str | None = None  # null = <state directory>/models
+    confirm_windows: Annotated[int, Field(ge=1)] = 60  # healthy windows before confirming
+    max_restarts: Annotated[int, Field(ge=0)] = 3  # unconfirmed restarts before rolling back
+    latency_budget_ms: PositiveFloat | None = None  # per window; null = half of audio.hop_s
+    smoke_timeout_s: PositiveFloat = 300.0
+    max_chunk_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # larger chunks are refused
+    max_bundle_bytes: Annotated[int, Field(ge=1024)] = 268_435_456  # archive size limit
+    transfer_timeout_s: PositiveFloat = 86_400.0  # give up an incomplete transfer after this
+    allow_downgrade: bool = False  # accept older versions without the announcement's force
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        for g in v:
+            if not _DEVICE_ID.match(g):
+                raise ValueError(f"group must be 1-64 letters, digits, '_', '.', '-', got {g!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> UpdatesConfig:
+        if self.enabled and not self.trusted_keys:
+            raise ValueError("enabled needs at least one entry in trusted_keys")
+        return self
+
+
 class AgentConfig(_Section):
     device_id: str = "chorus-dev"  # used in MQTT topics and every detection
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -278,6 +310,7 @@ class AgentConfig(_Section):
     location: LocationConfig = LocationConfig()
     health: HealthConfig = HealthConfig()
     storage: StorageConfig = StorageConfig()
+    updates: UpdatesConfig = UpdatesConfig()
 
     @field_validator("device_id")
     @classmethod
@@ -292,6 +325,8 @@ class AgentConfig(_Section):
             raise ValueError(
                 "classifier.location_filter needs location.latitude_deg and location.longitude_deg"
             )
+        if self.updates.enabled and not self.mqtt.enabled:
+            raise ValueError("updates.enabled needs mqtt.enabled (updates arrive over MQTT)")
         return self
 
 

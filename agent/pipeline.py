@@ -87,6 +87,10 @@ class Inference:
         scores = []
         for clf in self.models.classifiers:
             logits = clf.classify(channels)  # (K, C)
+            if not np.all(np.isfinite(logits)):
+                # NaN would silently never pass a threshold; count it as a failed window so
+                # health reports (and an OTA probation) see it.
+                raise FloatingPointError(f"classifier {clf.name} returned NaN/Inf logits")
             scores.append((clf, combine_channels(logits, self.mode, clf.mix_only_indices)))
         t2 = time.perf_counter()
         self.stats.separator_s += t1 - t0
@@ -113,11 +117,15 @@ class StreamProcessor:
 
     def __post_init__(self) -> None:
         models = self.inference.models
-        manifest = models.bundle.manifest
         self.windower = Windower(
             models.window_samples, self.hop_samples, models.sample_rate_hz, self.info.start_utc
         )
-        self.detectors = [
+        self.detectors = self._make_detectors()
+
+    def _make_detectors(self) -> list[EventDetector]:
+        models = self.inference.models
+        manifest = models.bundle.manifest
+        return [
             EventDetector(
                 clf.labels,
                 self.detection,
@@ -130,10 +138,30 @@ class StreamProcessor:
                     self.inference.channel_names,
                 ),
                 models.sample_rate_hz,
-                self.info.start_utc,
+                self.windower.stream_start_utc,  # re-anchored by reanchor()
             )
             for clf in models.classifiers
         ]
+
+    def swap_inference(self, inference: Inference) -> list[Detection]:
+        """Run ``inference`` (other models: an OTA update or rollback) from the next window on.
+
+        Call between two windows (never from inside ``push``). Open events are closed and
+        emitted first, under the bundle that detected them; the windower and its buffered
+        audio carry over, so no sample is dropped. The models must take the same rate and
+        window as the running ones.
+        """
+        old, new = self.inference.models, inference.models
+        if (old.sample_rate_hz, old.window_samples) != (new.sample_rate_hz, new.window_samples):
+            raise ValueError(
+                f"cannot switch models between windows: {new.sample_rate_hz} Hz / "
+                f"{new.window_samples} samples vs {old.sample_rate_hz} Hz / {old.window_samples}"
+            )
+        closed = self._close_events()
+        self.inference = inference
+        self._recent.clear()
+        self.detectors = self._make_detectors()
+        return closed
 
     @property
     def stats(self) -> PipelineStats:

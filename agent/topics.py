@@ -7,6 +7,7 @@ Per device, under a configurable prefix (default ``chorus``)::
     <prefix>/<device>/status          retained JSON heartbeat
     <prefix>/<device>/cmd/<command>   commands to one device (the OTA issue implements them)
     <prefix>/<device>/reply/<command> the device's answers to commands
+    <prefix>/<device>/models/state    retained JSON: the model-update state machine (OTA)
 
 Commands to many devices use levels no device id can take (a device id starts with a letter
 or digit): ``<prefix>/_group/<group>/cmd/<command>`` and ``<prefix>/_all/cmd/<command>``.
@@ -51,6 +52,11 @@ def command_topic(prefix: str, device_id: str, command: str) -> str:
 
 def reply_topic(prefix: str, device_id: str, command: str) -> str:
     return device_topic(prefix, device_id, f"reply/{command}")
+
+
+def models_state_topic(prefix: str, device_id: str) -> str:
+    """``<prefix>/<device_id>/models/state``: retained, one message per update transition."""
+    return device_topic(prefix, device_id, "models/state")
 
 
 def group_command_topic(prefix: str, group: str, command: str) -> str:

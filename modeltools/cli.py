@@ -15,6 +15,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent.errors import ChorusError
+from modeltools.evaluation import cli as evaluation_cli
+from modeltools.export import cli as export_cli
+from modeltools.ota import cli as ota_cli
+from modeltools.packaging import verify_cli
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +412,26 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     )
     p.add_argument("--tpu", default=None, metavar="ADDRESS", help="train on a TPU (TPUStrategy)")
     p.add_argument("--batch-size", type=int, default=None, help="single mixtures per step")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam learning rate (with --resume: a new rate from the checkpoint on, recorded in "
+        "config.json)",
+    )
+    p.add_argument(
+        "--lr-decay-steps",
+        type=int,
+        default=None,
+        help="steps per halving of the learning rate (default: the preset's; resumable)",
+    )
+    p.add_argument(
+        "--example-s",
+        type=float,
+        default=None,
+        help="training crop length in s (default: the preset's; the model is convolutional, "
+        "so shorter crops buy more steps per CPU hour and it still runs on 5-s windows)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="(default: 200)")
     p.add_argument("--log-every", type=int, default=10, help="(default: 10)")
     p.add_argument("--val-examples", type=int, default=16, help="validation MoMs (default: 16)")
@@ -422,7 +445,13 @@ def _run_train_separator(args: argparse.Namespace) -> int:
     from modeltools.separation.presets import get_preset
     from modeltools.separation.train import train, with_overrides
 
-    cfg = with_overrides(get_preset(args.preset), batch_size=args.batch_size, learning_rate=args.lr)
+    cfg = with_overrides(
+        get_preset(args.preset),
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        lr_decay_steps=args.lr_decay_steps,
+        example_s=args.example_s,
+    )
     row = train(
         cfg,
         args.data,
@@ -436,9 +465,36 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         val_examples=args.val_examples,
         seed=args.seed,
         progress=sys.stderr.isatty(),
+        resume_overrides={"learning_rate": args.lr, "lr_decay_steps": args.lr_decay_steps},
     )
     print(f"train-separator: {args.out} at step {row.get('step')}: {row}")
     return 130 if row.get("interrupted") else 0
+
+
+def _add_pack_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "pack-separator",
+        help="copy one checkpoint's model weights (no optimizer state) + config into a new run "
+        "folder (what the repository ships)",
+    )
+    p.add_argument("run", type=Path, help="run folder of train-separator")
+    p.add_argument("--out", type=Path, required=True, help="new folder")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint prefix, e.g. RUN/checkpoints/ckpt-8000 (default: the latest)",
+    )
+    return p
+
+
+def _run_pack_separator(args: argparse.Namespace) -> int:
+    from modeltools.separation.train import pack_run
+
+    out, step = pack_run(args.run, args.out, args.checkpoint)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"pack-separator: {out} (step {step}, {size / 1e6:.2f} MB)")
+    return 0
 
 
 def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -596,8 +652,16 @@ _COMMANDS: list[tuple[Adder, Runner]] = [
     (_add_fetch_xc, _run_fetch_xc),
     (_add_train_separator, _run_train_separator),
     (_add_eval_separator, _run_eval_separator),
+    (_add_pack_separator, _run_pack_separator),
     (_add_train_classifier, _run_train_classifier),
     (_add_eval_classifier, _run_eval_classifier),
+    (export_cli.add_export, export_cli.run_export),
+    (export_cli.add_parity, export_cli.run_parity),
+    (verify_cli.add_bundle_parser, verify_cli.run_bundle),
+    (evaluation_cli.add_evaluate, evaluation_cli.run_evaluate),
+    (ota_cli.add_keys, ota_cli.run_keys),
+    (ota_cli.add_publish, ota_cli.run_publish),
+    (ota_cli.add_rollback, ota_cli.run_rollback),
 ]
 
 

@@ -17,6 +17,9 @@ from agent.detection.types import Detection
 
 T0 = datetime(2026, 5, 1, 4, 30, tzinfo=UTC)
 
+# The plumbing bundle: its species are those of the generated demo audio these tests play.
+DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "agent" / "bundles" / "demo"
+
 
 def wait_until(
     predicate: Callable[[], bool], timeout_s: float = 10.0, step_s: float = 0.02
@@ -56,7 +59,13 @@ def agent_config(
 ) -> AgentConfig:
     mqtt_section = {"enabled": True, "host": host, "port": port, "outbox_path": str(outbox)}
     mqtt_section.update(mqtt_keys)
-    return parse_config({"device_id": device, "mqtt": mqtt_section})
+    return parse_config(
+        {
+            "device_id": device,
+            "mqtt": mqtt_section,
+            "inference": {"bundle": str(DEMO_BUNDLE)},
+        }
+    )
 
 
 class RawPublisher:

@@ -48,7 +48,9 @@ def wav60(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
 def test_analyze_outputs_match_the_pipeline_windows(wav60, tmp_path: Path) -> None:
     wav, scape = wav60
     out = tmp_path / "out"
-    proc = run_agent("analyze", str(wav), "--out", str(out), "--start-utc", START)
+    proc = run_agent(
+        "analyze", str(wav), "--out", str(out), "--start-utc", START, "--bundle", str(DEMO_BUNDLE)
+    )
     assert proc.returncode == 0, proc.stderr
     assert "analysed 1 file(s), 60.0 s of audio" in proc.stdout
 
@@ -60,7 +62,7 @@ def test_analyze_outputs_match_the_pipeline_windows(wav60, tmp_path: Path) -> No
     assert len(jsonl) == len(rows) == len(raven) - 1 > 5
 
     # Recompute every window's combined scores independently of the run above.
-    engine = build_engine(parse_config({}))
+    engine = build_engine(parse_config({"inference": {"bundle": str(DEMO_BUNDLE)}}))
     audio, sr = sf.read(wav, dtype="float32")
     assert sr == engine.models.sample_rate_hz
     size, hop = engine.models.window_samples, int(2.5 * sr)
@@ -122,7 +124,17 @@ sys.exit(code)
 def test_agent_runs_without_tensorflow(wav60, tmp_path: Path) -> None:
     wav, _ = wav60
     proc = subprocess.run(
-        [sys.executable, "-c", BLOCK_TF, "analyze", str(wav), "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-c",
+            BLOCK_TF,
+            "analyze",
+            str(wav),
+            "--out",
+            str(tmp_path),
+            "--bundle",
+            str(DEMO_BUNDLE),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -183,7 +195,7 @@ def test_bad_inputs_give_one_line_and_exit_2(wav60, tmp_path: Path) -> None:
 
 def test_check_config_and_check_bundle_succeed() -> None:
     proc = run_agent("check-config", str(ROOT / "config" / "agent.example.yaml"))
-    assert proc.returncode == 0 and "OK (bundle chorus-demo" in proc.stdout
+    assert proc.returncode == 0 and "OK (bundle chorus-edge" in proc.stdout
     proc = run_agent("check-bundle", str(DEMO_BUNDLE))
     assert proc.returncode == 0 and "smoke test passed" in proc.stdout
 
@@ -193,6 +205,7 @@ def _live_config(tmp_path: Path, wav: Path, port: int) -> Path:
         "device_id": "field-01",
         "audio": {"source": "file", "files": [str(wav)], "realtime": True},
         "outputs": {"jsonl": str(tmp_path / "live.jsonl")},
+        "inference": {"bundle": str(DEMO_BUNDLE)},
         "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port},
     }
     path = tmp_path / "agent.yaml"

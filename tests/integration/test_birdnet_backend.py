@@ -171,6 +171,8 @@ def _config(tmp_path: Path, **classifier: object) -> Path:
             **classifier,
         },
         "location": {"latitude_deg": 45.0, "longitude_deg": 7.0},
+        # The demo bundle's separator and label table (its species are the demo audio's).
+        "inference": {"bundle": str(ROOT / "agent" / "bundles" / "demo")},
     }
     path = tmp_path / "birdnet.yaml"
     path.write_text(yaml.safe_dump(cfg))

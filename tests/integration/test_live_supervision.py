@@ -26,6 +26,8 @@ from agent.demo import make_demo_soundscape, write_demo_wav
 
 ROOT = Path(__file__).resolve().parents[2]
 
+DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "agent" / "bundles" / "demo"
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -199,7 +201,9 @@ def test_selftest_passes_a_working_microphone(tmp_path: Path) -> None:
 
 
 def test_clock_jump_closes_events_and_reanchors_timestamps() -> None:
-    engine = build_engine(parse_config({"detection": {"threshold": 0.5}}))
+    engine = build_engine(
+        parse_config({"detection": {"threshold": 0.5}, "inference": {"bundle": str(DEMO_BUNDLE)}})
+    )
     scape = make_demo_soundscape(40.0, 22050, seed=8)
     t0 = datetime(2026, 5, 1, 4, 0, tzinfo=UTC)
     proc = engine.processor(StreamInfo("mic:test", 22050, t0, None), [])

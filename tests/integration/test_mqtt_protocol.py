@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from mqtt_helpers import agent_config, make_detection, wait_until
+from mqtt_helpers import DEMO_BUNDLE, agent_config, make_detection, wait_until
 
 from agent.credentials import CredentialError
 from agent.demo import write_demo_wav
@@ -69,6 +69,7 @@ def test_killed_agent_goes_offline_by_last_will_and_reports_status(
             "homeassistant": {"enabled": True},
         },
         "location": {"latitude_deg": 51.75, "longitude_deg": -1.25},
+        "inference": {"bundle": str(DEMO_BUNDLE)},  # its species are the demo audio's
     }
     cfg_path = tmp_path / "agent.yaml"
     cfg_path.write_text(yaml.safe_dump(config))

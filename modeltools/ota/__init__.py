@@ -1,0 +1,1 @@
+"""The researcher's side of over-the-air model updates: keys, publishing (docs/ota.md)."""

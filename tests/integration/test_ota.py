@@ -1,0 +1,720 @@
+"""OTA model updates end to end: a real Mosquitto, a running pipeline (run_live), real LiteRT.
+
+Each test runs the agent's live loop in a thread on demo audio that the test releases chunk by
+chunk (one window per chunk), publishes with the real publisher (or crafts the bad input by
+hand), and follows ``chorus/<device>/models/state``. "No detection lost" is checked against a
+baseline run of the same audio without updates: same windows, same detections.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mqtt_helpers import RawPublisher, wait_until
+
+pytest.importorskip("ai_edge_litert")
+pytest.importorskip("cryptography")
+
+from agent.app import build_engine, run_live
+from agent.audio.chunk import AudioChunk, StreamInfo
+from agent.config import AgentConfig, parse_config
+from agent.demo import make_demo_soundscape
+from agent.detection.types import Detection
+from agent.models.manifest import MANIFEST_NAME, write_manifest
+from agent.ota.announce import build_announcement, chunk_topic
+from agent.ota.archive import pack_bundle
+from agent.ota.signing import (
+    SIGNATURE_NAME,
+    generate_key,
+    load_private_key,
+    sign_bundle,
+    sign_document,
+)
+from agent.ota.updater import Updater, prepare_start
+from modeltools.ota.publish import publish_update
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "agent" / "bundles" / "demo"
+RATE_HZ = 22050
+HOP = int(2.5 * RATE_HZ)
+DEVICE = "field-01"
+STATE_TOPIC = f"chorus/{DEVICE}/models/state"
+UPDATE_TOPIC = f"chorus/{DEVICE}/cmd/update"
+T0 = datetime(2026, 5, 1, 4, 0, tzinfo=UTC)
+AUDIO_S = 150.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundles
+
+
+def make_bundle(
+    tmp_path: Path,
+    version: str,
+    key: Path | None,
+    mutate: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> Path:
+    """A copy of the demo bundle at ``version``, changed by ``mutate(dir, manifest fields)``
+    before the manifest is written, signed with ``key`` (None: unsigned)."""
+    out = tmp_path / f"bundle-{version}-{len(list(tmp_path.glob('bundle-*')))}"
+    shutil.copytree(DEMO, out)
+    fields = json.loads((out / MANIFEST_NAME).read_text())
+    fields = {k: v for k, v in fields.items() if k not in ("format", "format_version", "files")}
+    fields["version"] = version
+    if mutate is not None:
+        mutate(out, fields)
+    write_manifest(out, fields)
+    if key is not None:
+        sign_bundle(out, load_private_key(key))
+    return out
+
+
+def nan_separator(bundle: Path, fields: dict[str, Any]) -> None:
+    """Overwrite the separator's FIR weights with NaN (found by their bytes in the file)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    path = bundle / "separator.tflite"
+    data = bytearray(path.read_bytes())
+    interpreter = Interpreter(model_content=bytes(data))
+    for detail in interpreter.get_tensor_details():
+        try:
+            weights = interpreter.get_tensor(detail["index"])
+        except ValueError:
+            continue
+        if weights.dtype == np.float32 and weights.size > 16:
+            offset = bytes(data).find(weights.tobytes())
+            assert offset > 0
+            nan = np.full(weights.shape, np.nan, np.float32).tobytes()
+            data[offset : offset + len(nan)] = nan
+    path.write_bytes(bytes(data))
+
+
+def raw_archive(members: list[tuple[str, bytes | None, bytes]]) -> bytes:
+    """A tar.gz built by hand: (name, data or None, tar type) — for archives the packer never
+    makes (links, absolute paths, unlisted files)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                info.linkname = "/etc/passwd"
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def bundle_members(bundle: Path) -> list[tuple[str, bytes | None, bytes]]:
+    return [
+        (p.relative_to(bundle).as_posix(), p.read_bytes(), tarfile.REGTYPE)
+        for p in sorted(bundle.rglob("*"))
+        if p.is_file()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The running agent
+
+
+class GatedSource:
+    """Demo audio as a live stream; the test releases it chunk by chunk (one hop each)."""
+
+    def __init__(self, audio: np.ndarray) -> None:
+        self.audio = audio
+        self.total = len(audio) // HOP
+        self.served = 0
+        self.allowed = 0
+        self.ended = False
+        self._cond = threading.Condition()
+
+    def open(self) -> StreamInfo:
+        return StreamInfo("test:gated", RATE_HZ, T0, None)
+
+    def read(self, timeout_s: float) -> AudioChunk | None:
+        with self._cond:
+            if self.served >= self.allowed and not self.ended:
+                self._cond.wait(min(timeout_s, 0.05))
+            if self.served >= min(self.allowed, self.total):
+                return None
+            i = self.served
+            self.served += 1
+        return AudioChunk(self.audio[i * HOP : (i + 1) * HOP], i * HOP)
+
+    @property
+    def finished(self) -> bool:
+        return self.ended and self.served >= min(self.allowed, self.total)
+
+    def release(self, n: int = 1) -> None:
+        with self._cond:
+            self.allowed = min(self.allowed + n, self.total)
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        with self._cond:
+            self.ended = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, int | float]:
+        return {}
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.detections: list[Detection] = []
+
+    def emit(self, detection: Detection) -> None:
+        self.detections.append(detection)
+
+    def close(self) -> None:
+        pass
+
+
+def agent_config(broker: Any, tmp_path: Path, public_key: Path, **updates: Any) -> AgentConfig:
+    u = {
+        "enabled": True,
+        "trusted_keys": [str(public_key)],
+        "store_dir": str(tmp_path / "store"),
+        "confirm_windows": 3,
+        "smoke_timeout_s": 120.0,
+        "transfer_timeout_s": 60.0,
+    }
+    u.update(updates)
+    return parse_config(
+        {
+            "device_id": DEVICE,
+            "inference": {"bundle": str(DEMO), "num_threads": 1},
+            "detection": {"merge": False},  # one detection per window: exact comparison
+            "mqtt": {
+                "enabled": True,
+                "host": broker.host,
+                "port": broker.port,
+                "outbox_path": str(tmp_path / "outbox.sqlite"),
+                "reconnect_backoff": {"initial_s": 0.2, "max_s": 1.0},
+            },
+            "updates": u,
+        }
+    )
+
+
+def _key(d: Detection) -> tuple[str, float, float]:
+    return (d.species_code, round(d.start_s, 3), round(d.end_s, 3))
+
+
+class RunningAgent:
+    """run_live in a thread with an Updater, gated demo audio and a state subscriber."""
+
+    def __init__(
+        self,
+        broker: Any,
+        tmp_path: Path,
+        audio: np.ndarray,
+        subscribe: Callable[..., Any],
+        **updates: Any,
+    ) -> None:
+        self.broker = broker
+        self.key = tmp_path / "keys" / "lab.key"
+        _, public = generate_key(self.key)
+        self.config = agent_config(broker, tmp_path, public, **updates)
+        prepare_start(self.config)  # as `chorus-agent run` does before loading models
+        self.engine = build_engine(self.config)
+        self.sink = ListSink()
+        self.source = GatedSource(audio)
+        self.states = subscribe(broker, STATE_TOPIC)
+        self.updater = Updater(self.config, self.engine)
+        self.updater.start()
+        assert wait_until(lambda: self.updater.connected, 10.0), "updater did not connect"
+        self.thread = threading.Thread(
+            target=run_live,
+            args=(self.engine, [self.source], [self.sink], threading.Event()),
+            kwargs={"updater": self.updater, "status_interval_s": 3600.0},
+            daemon=True,
+        )
+        self.thread.start()
+        self.pump(3)  # the first windows, on the factory bundle
+
+    @property
+    def version(self) -> str:
+        return self.engine.models.bundle.manifest.version
+
+    def pump(self, chunks: int) -> None:
+        """Release ``chunks`` chunks and wait until the pipeline processed them all."""
+        self.source.release(chunks)
+        assert wait_until(lambda: self.source.served >= self.source.allowed, 30.0)
+        # A served chunk is processed before the next read: wait for that read too.
+        target = max(0, self.source.served - 1)
+        assert wait_until(
+            lambda: self.engine.stats.windows + self.engine.stats.window_errors >= target, 30.0
+        )
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in self.states.messages if m.payload]
+
+    def wait_state(
+        self,
+        state: str,
+        request_id: str | None = None,
+        contains: str = "",
+        timeout_s: float = 90.0,
+        reserve: int = 12,
+    ) -> dict[str, Any]:
+        """Wait for a state message, releasing audio meanwhile (keeping ``reserve`` chunks)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for m in self.messages():
+                if (
+                    m["state"] == state
+                    and request_id in (None, m["request_id"])
+                    and contains in (m["reason"] or "")
+                ):
+                    return m
+            if self.source.total - self.source.allowed > reserve:
+                self.source.release(1)
+            time.sleep(0.05)
+        raise AssertionError(f"no {state!r} state within {timeout_s} s; got {self.messages()}")
+
+    def publish(self, bundle: Path, **kw: Any) -> str:
+        result = publish_update(
+            bundle,
+            self.key,
+            host=self.broker.host,
+            port=self.broker.port,
+            target=kw.pop("target", f"device:{DEVICE}"),
+            **kw,
+        )
+        return result.request_id
+
+    def publish_raw(
+        self,
+        archive: bytes,
+        *,
+        version: str,
+        name: str = "chorus-demo",
+        chunk_bytes: int = 256 * 1024,
+        order: list[int] | None = None,
+        key: Path | None = None,
+        issued_utc: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Publish a hand-made archive: chunks in ``order`` (default all, in order), then a
+        signed announcement; returns the announcement."""
+        chunks = [archive[i : i + chunk_bytes] for i in range(0, len(archive), chunk_bytes)]
+        doc = build_announcement(
+            name=name,
+            version=version,
+            sha256=hashlib.sha256(archive).hexdigest(),
+            size_bytes=len(archive),
+            chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
+            chunk_bytes=chunk_bytes,
+            issued_utc=issued_utc,
+        )
+        doc = sign_document(doc, load_private_key(key or self.key))
+        pub = RawPublisher(self.broker.host, self.broker.port)
+        try:
+            for i in range(len(chunks)) if order is None else order:
+                pub.publish(chunk_topic(UPDATE_TOPIC, doc["request_id"], i), chunks[i], True)
+            pub.publish(UPDATE_TOPIC, json.dumps(doc), retain=True)
+        finally:
+            pub.close()
+        return doc
+
+    def check_no_loss(self, baseline: list[Detection]) -> None:
+        """Every window released so far was processed without error, with the detections
+        the baseline run made for those windows."""
+        self.pump(0)
+        stats = self.engine.stats
+        assert stats.window_errors == 0 and stats.dropped_samples == 0
+        assert stats.windows == self.source.served - 1
+        end_s = stats.windows * HOP / RATE_HZ
+        expected = sorted(_key(d) for d in baseline if d.start_s < end_s - 1e-6)
+        assert sorted(_key(d) for d in self.sink.detections) == expected
+
+    def close(self) -> None:
+        self.source.end()
+        self.thread.join(30.0)
+        assert not self.thread.is_alive()
+
+
+def demo_audio() -> np.ndarray:
+    return make_demo_soundscape(AUDIO_S, RATE_HZ, seed=3).audio
+
+
+def baseline_detections(audio: np.ndarray) -> list[Detection]:
+    """The detections of the demo bundle on ``audio``, without any update machinery."""
+    config = parse_config({"inference": {"bundle": str(DEMO)}, "detection": {"merge": False}})
+    engine = build_engine(config)
+    sink = ListSink()
+    proc = engine.processor(StreamInfo("test:gated", RATE_HZ, T0, None), [sink])
+    for i in range(len(audio) // HOP):
+        proc.push(AudioChunk(audio[i * HOP : (i + 1) * HOP], i * HOP))
+    assert sink.detections, "the demo audio must produce detections"
+    return sink.detections
+
+
+@contextlib.contextmanager
+def agents(
+    broker: Any, tmp_path: Path, audio: np.ndarray, subscribe: Callable
+) -> Iterator[Callable[..., RunningAgent]]:
+    """``start(**updates)`` -> a RunningAgent; every one is stopped at the end."""
+    made: list[RunningAgent] = []
+
+    def start(**updates: Any) -> RunningAgent:
+        made.append(RunningAgent(broker, tmp_path, audio, subscribe, **updates))
+        return made[-1]
+
+    try:
+        yield start
+    finally:
+        for agent in made:
+            if agent.thread.is_alive():
+                agent.close()
+
+
+@pytest.fixture(scope="module")
+def audio() -> np.ndarray:
+    return demo_audio()
+
+
+@pytest.fixture(scope="module")
+def baseline(audio: np.ndarray) -> list[Detection]:
+    return baseline_detections(audio)
+
+
+@pytest.fixture
+def running(
+    mosquitto_broker: Any, tmp_path: Path, audio: np.ndarray, mqtt_subscriber: Callable
+) -> Iterator[Callable[..., RunningAgent]]:
+    with agents(mosquitto_broker, tmp_path, audio, mqtt_subscriber) as start:
+        yield start
+
+
+# ---------------------------------------------------------------------------------------------
+# The update that works
+
+
+def test_signed_update_activates_between_windows_and_confirms(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running()
+    bundle = make_bundle(tmp_path, "0.2.0", agent.key)
+    windows_before = agent.engine.stats.windows
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    rid = agent.publish(bundle)
+    activated = agent.wait_state("activated", rid)
+    activate_s = time.perf_counter() - t0
+    assert agent.version == "0.2.0" and activated["active"]["version"] == "0.2.0"
+    # The old model kept running while the update was received, verified and smoke-tested.
+    assert agent.engine.stats.windows > windows_before
+    agent.pump(3)
+    confirmed = agent.wait_state("confirmed", rid)
+    assert confirmed["detail"]["healthy_windows"] >= 3
+    store = agent.updater.store
+    assert store.current().name == "chorus-demo-0.2.0" and store.previous() == DEMO.resolve()
+    assert store.read_state()["pending"] is None
+
+    states = [m["state"] for m in agent.messages() if m["request_id"] == rid]
+    assert states[0] == "announced" and states[-1] == "confirmed"
+    for s in ("received", "verified", "smoke_tested", "activated"):
+        assert s in states
+    # No window and no detection lost across the switch, and it happened between windows.
+    agent.check_no_loss(baseline)
+    versions = [d.bundle_version for d in agent.sink.detections]
+    assert "0.1.0" in versions and "0.2.0" in versions
+    assert versions == sorted(versions)  # old model strictly before the new one
+
+    times = {
+        m["state"]: datetime.fromisoformat(m["time_utc"].replace("Z", "+00:00"))
+        for m in agent.messages()
+        if m["request_id"] == rid
+    }
+    size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    print(
+        f"\nOTA demo bundle ({size / 1e6:.2f} MB, 8 chunks of 256 KiB): "
+        + ", ".join(f"{s} +{(t - started).total_seconds():.2f} s" for s, t in times.items())
+        + f"; publish->activated {activate_s:.2f} s"
+    )
+
+    # A bad bundle after that: refused with a state message, 0.2.0 keeps running.
+    bad = make_bundle(tmp_path, "0.3.0", agent.key)
+    data = bytearray((bad / "classifier_a.tflite").read_bytes())
+    data[-100] ^= 0x01  # one file altered after signing
+    (bad / "classifier_a.tflite").write_bytes(bytes(data))
+    doc = agent.publish_raw(raw_archive(bundle_members(bad)), version="0.3.0")
+    refused = agent.wait_state("refused", doc["request_id"])
+    assert "classifier_a.tflite does not match its sha256" in refused["reason"]
+    assert agent.version == "0.2.0" and refused["active"]["version"] == "0.2.0"
+    agent.pump(2)
+    agent.check_no_loss(baseline)
+    agent.close()
+
+
+def test_group_roll_out_reaches_a_device_that_comes_online_later(
+    mosquitto_broker: Any,
+    running: Callable[..., RunningAgent],
+    tmp_path: Path,
+) -> None:
+    """Staged roll-out: published to a group before the device is up; retained, so the
+    device finds it when it starts. Chunked small to exercise many chunks."""
+    key = tmp_path / "publisher.key"
+    _, public = generate_key(key)
+    bundle = make_bundle(tmp_path, "0.2.0", key)
+    result = publish_update(
+        bundle,
+        key,
+        host=mosquitto_broker.host,
+        port=mosquitto_broker.port,
+        target="group:north",
+        chunk_bytes=64 * 1024,
+    )
+    assert result.chunks == 32 and result.topic == "chorus/_group/north/cmd/update"
+    agent = running(groups=["north"], trusted_keys=[str(public)])
+    agent.wait_state("activated", result.request_id)
+    assert agent.version == "0.2.0"
+    # A newer publish to the group clears the retained chunks of the older one.
+    newer = make_bundle(tmp_path, "0.3.0", key)
+    second = publish_update(
+        newer,
+        key,
+        host=mosquitto_broker.host,
+        port=mosquitto_broker.port,
+        target="group:north",
+        chunk_bytes=1 << 20,
+    )
+    assert second.chunks == 2 and second.cleared == 32
+    agent.pump(3)
+    agent.wait_state("confirmed", result.request_id)
+    agent.wait_state("activated", second.request_id)
+    assert agent.version == "0.3.0"
+    agent.close()
+
+
+def test_chunks_out_of_order_and_repeated_still_install(
+    running: Callable[..., RunningAgent], tmp_path: Path
+) -> None:
+    agent = running()
+    bundle = make_bundle(tmp_path, "0.2.0", agent.key)
+    archive = tmp_path / "a.tar.gz"
+    pack_bundle(bundle, archive)
+    n = -(-archive.stat().st_size // (256 * 1024))
+    order = [*reversed(range(n)), 0, 3, 3]  # reversed, and some twice
+    doc = agent.publish_raw(archive.read_bytes(), version="0.2.0", order=order)
+    agent.wait_state("activated", doc["request_id"])
+    assert agent.version == "0.2.0"
+    agent.close()
+
+
+def test_window_errors_after_activation_roll_back(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    """A model that passes the smoke test but fails on live audio is rolled back to the
+    models still held in memory, at the next window."""
+    agent = running(confirm_windows=50)
+    rid = agent.publish(make_bundle(tmp_path, "0.2.0", agent.key))
+    agent.wait_state("activated", rid)
+    for clf in agent.engine.models.classifiers:  # break the new models only
+        clf.classify = lambda channels: np.full((channels.shape[0], 6), np.nan, np.float32)
+    agent.pump(2)
+    rolled = agent.wait_state("rolled_back", rid)
+    assert "failed window" in rolled["reason"] and rolled["active"]["version"] == "0.1.0"
+    assert agent.version == "0.1.0"
+    store = agent.updater.store
+    assert store.current() == DEMO.resolve() and store.is_refused("chorus-demo", "0.2.0")
+    # Republishing the same version is refused now unless forced.
+    rid2 = agent.publish(make_bundle(tmp_path, "0.2.0", agent.key))
+    assert "rolled back on this device" in agent.wait_state("refused", rid2)["reason"]
+    agent.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: each refused with a state message; the running model keeps running, no loss
+
+
+def _refused(agent: RunningAgent, rid: str, baseline: list[Detection], contains: str = "") -> str:
+    message = agent.wait_state("refused", rid, contains)
+    assert agent.version == "0.1.0" and message["active"]["version"] == "0.1.0"
+    assert agent.updater.store.current() == DEMO.resolve()
+    agent.pump(2)
+    agent.check_no_loss(baseline)
+    return str(message["reason"])
+
+
+def test_unsigned_bundle_is_refused(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running()
+    bundle = make_bundle(tmp_path, "0.2.0", None)
+    doc = agent.publish_raw(raw_archive(bundle_members(bundle)), version="0.2.0")
+    assert "not signed" in _refused(agent, doc["request_id"], baseline)
+    agent.close()
+
+
+def test_bundle_signed_by_an_untrusted_key_is_refused(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running()
+    generate_key(tmp_path / "stranger.key")
+    bundle = make_bundle(tmp_path, "0.2.0", tmp_path / "stranger.key")
+    doc = agent.publish_raw(raw_archive(bundle_members(bundle)), version="0.2.0")
+    assert "which this device does not trust" in _refused(agent, doc["request_id"], baseline)
+    # And an announcement signed by a stranger is refused before anything is downloaded.
+    doc = agent.publish_raw(b"x" * 10, version="0.2.0", key=tmp_path / "stranger.key")
+    assert "does not trust" in _refused(agent, doc["request_id"], baseline)
+    agent.close()
+
+
+def test_truncated_chunk_stream_is_refused(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running(transfer_timeout_s=3.0)
+    bundle = make_bundle(tmp_path, "0.2.0", agent.key)
+    archive = raw_archive(bundle_members(bundle))
+    doc = agent.publish_raw(archive, version="0.2.0", order=[0, 1, 2])  # the rest never comes
+    reason = _refused(agent, doc["request_id"], baseline)
+    assert "incomplete transfer: 3 of" in reason
+    assert not any((agent.updater.store.incoming_dir).iterdir())  # nothing half-written left
+
+
+def test_altered_chunk_is_refused(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running()
+    bundle = make_bundle(tmp_path, "0.2.0", agent.key)
+    archive = raw_archive(bundle_members(bundle))
+    doc = agent.publish_raw(archive, version="0.2.0", order=[0])
+    pub = RawPublisher(agent.broker.host, agent.broker.port)
+    try:  # chunk 1 truncated in transit
+        topic = chunk_topic(UPDATE_TOPIC, doc["request_id"], 1)
+        pub.publish(topic, archive[256 * 1024 : 256 * 1024 + 1000], retain=True)
+    finally:
+        pub.close()
+    assert "chunk 1 is 1000 bytes" in _refused(agent, doc["request_id"], baseline)
+    agent.close()
+
+
+def test_manifest_with_path_traversal_is_refused(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running()
+    bundle = make_bundle(tmp_path, "0.2.0", agent.key)
+    manifest = json.loads((bundle / MANIFEST_NAME).read_text())
+    manifest["files"]["../../../etc/cron.d/x"] = manifest["files"]["labels.csv"]
+    manifest_bytes = json.dumps(manifest).encode()
+    signature = json.loads((bundle / SIGNATURE_NAME).read_text())
+    signature["signature"] = base64.b64encode(
+        load_private_key(agent.key).sign(manifest_bytes)
+    ).decode()
+    members = [
+        (MANIFEST_NAME, manifest_bytes, tarfile.REGTYPE),
+        (SIGNATURE_NAME, json.dumps(signature).encode(), tarfile.REGTYPE),
+        *[m for m in bundle_members(bundle) if m[0] not in (MANIFEST_NAME, SIGNATURE_NAME)],
+    ]
+    doc = agent.publish_raw(raw_archive(members), version="0.2.0")
+    assert "stay inside the bundle" in _refused(agent, doc["request_id"], baseline)
+    agent.close()
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (("labels.csv", None, tarfile.SYMTYPE), "links are refused"),
+        (("labels.csv", None, tarfile.LNKTYPE), "links are refused"),
+        (("/etc/chorus-owned", b"x", tarfile.REGTYPE), "absolute path"),
+    ],
+    ids=["symlink", "hardlink", "absolute"],
+)
+def test_archive_with_links_or_absolute_paths_is_refused(
+    running: Callable[..., RunningAgent],
+    tmp_path: Path,
+    baseline: list[Detection],
+    extra: tuple[str, bytes | None, bytes],
+    reason: str,
+) -> None:
+    agent = running()
+    bundle = make_bundle(tmp_path, "0.2.0", agent.key)
+    members = [m for m in bundle_members(bundle) if m[0] != extra[0]] + [extra]
+    doc = agent.publish_raw(raw_archive(members), version="0.2.0")
+    assert reason in _refused(agent, doc["request_id"], baseline)
+    agent.close()
+
+
+def test_model_with_mismatched_shapes_is_refused(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running()
+
+    def three_sources(bundle: Path, fields: dict[str, Any]) -> None:
+        fields["separator"]["num_sources"] = 3  # the model outputs 4
+
+    rid = agent.publish(make_bundle(tmp_path, "0.2.0", agent.key, three_sources))
+    reason = _refused(agent, rid, baseline)
+    assert "smoke test" in reason and "shape is [1, 4, 110250]" in reason
+    assert not (agent.updater.store.models_dir / "chorus-demo-0.2.0").exists()
+    agent.close()
+
+
+def test_model_that_outputs_nan_is_refused(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running()
+    rid = agent.publish(make_bundle(tmp_path, "0.2.0", agent.key, nan_separator))
+    assert "separator outputs NaN/Inf" in _refused(agent, rid, baseline)
+    agent.close()
+
+
+def test_model_too_slow_for_the_budget_is_refused(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running(latency_budget_ms=0.01)  # no real model runs a window in 10 µs
+    rid = agent.publish(make_bundle(tmp_path, "0.2.0", agent.key))
+    assert "too slow" in _refused(agent, rid, baseline)
+    agent.close()
+
+
+def test_downgrade_is_refused_unless_forced(
+    running: Callable[..., RunningAgent], tmp_path: Path, baseline: list[Detection]
+) -> None:
+    agent = running()
+    older = make_bundle(tmp_path, "0.0.9", agent.key)
+    rid = agent.publish(older)
+    assert "downgrade refused" in _refused(agent, rid, baseline)
+    rid = agent.publish(older, force=True)
+    agent.wait_state("activated", rid)
+    assert agent.version == "0.0.9"
+    agent.close()
+
+
+def test_replayed_or_stale_announcements_are_refused(
+    running: Callable[..., RunningAgent], baseline: list[Detection]
+) -> None:
+    agent = running()
+    first = agent.publish_raw(b"x" * 10, version="0.0.9")  # signed; refused as a downgrade
+    assert "downgrade refused" in _refused(agent, first["request_id"], baseline)
+    stale = agent.publish_raw(
+        b"y" * 10, version="0.2.0", issued_utc=datetime.now(UTC) - timedelta(days=1)
+    )
+    assert "stale announcement" in _refused(agent, stale["request_id"], baseline)
+    pub = RawPublisher(agent.broker.host, agent.broker.port)
+    try:  # someone replays the first announcement, byte for byte
+        pub.publish(UPDATE_TOPIC, json.dumps(first), retain=True)
+    finally:
+        pub.close()
+    reason = _refused(agent, first["request_id"], baseline, contains="replayed")
+    assert f"request {first['request_id']} was already handled" in reason
+    agent.close()
