@@ -82,7 +82,9 @@ def build_models(config: AgentConfig, path: Path | None = None) -> LoadedModels:
                 f"{bundle.manifest.name} has none (use mix_only)"
             ]
         )
-    options = RuntimeOptions(config.inference.num_threads, config.inference.accelerator)
+    options = RuntimeOptions(
+        config.inference.num_threads, config.inference.accelerator, config.inference.frontend
+    )
     birdnet = config.classifier.backend == "birdnet"
     models = load_models(
         bundle,

@@ -97,6 +97,10 @@ class InferenceConfig(_Section):
     bundle: str | None = None  # model bundle folder; null = the shipped default bundle
     num_threads: Annotated[int, Field(ge=1, le=64)] = 2
     accelerator: Literal["cpu", "edgetpu"] = "cpu"
+    # Classifier frontend (STFT, mel, PCEN, whitening): "native" computes it in numpy when the
+    # bundle describes a frontend the agent knows (about 3x cheaper); "tflite" runs the
+    # bundle's frontend model.
+    frontend: Literal["native", "tflite"] = "native"
     # Which channels vote (ALGORITHMS.md §2.7): the original audio, the separated channels,
     # or both (the paper's best); the max over the chosen channels wins.
     mode: Literal["mix_only", "separated_only", "mix_and_separated"] = "mix_and_separated"

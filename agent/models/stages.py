@@ -15,6 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from agent.errors import BundleError
+from agent.models.frontend import FrontendParams, NumpyFrontend
+from agent.models.frontend import supports as frontend_supports
 from agent.models.manifest import Bundle, ClassifierSpec, Label, ModelFile, SeparatorSpec
 from agent.models.runtime import TFLiteModel
 
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 class RuntimeOptions:
     num_threads: int = 1
     accelerator: str = "cpu"
+    # "native": compute a known classifier frontend in numpy (agent.models.frontend; ~3x cheaper
+    # than its TFLite graph); "tflite": always run the bundle's frontend model.
+    frontend: str = "native"
 
 
 def _load(
@@ -90,8 +95,16 @@ class Classifier:
         self.spec = spec
         n, c = spec.window_samples, len(spec.labels)
         self.frontend: TFLiteModel | None = None
+        self.native: NumpyFrontend | None = None
         member_input: tuple[int, ...] = (1, n)
-        if spec.frontend_model is not None:
+        if (
+            spec.frontend_model is not None
+            and options.frontend == "native"
+            and frontend_supports(spec.frontend)
+        ):
+            self.native = NumpyFrontend(FrontendParams.from_manifest(spec.frontend or {}), n)
+            member_input = self.native.output_shape
+        elif spec.frontend_model is not None:
             # A float frontend (STFT, mel...) has no Edge TPU twin: it runs on the CPU then.
             fe_options = (
                 options if spec.frontend_model.edgetpu_file else replace(options, accelerator="cpu")
@@ -121,7 +134,9 @@ class Classifier:
         out = np.empty((len(self.members), channels.shape[0], len(self.labels)), np.float32)
         for k in range(channels.shape[0]):
             x = channels[k][np.newaxis, :]
-            if self.frontend is not None:  # once per channel, shared by every member
+            if self.native is not None:  # once per channel, shared by every member
+                x = self.native.features(channels[k])
+            elif self.frontend is not None:
                 x = self.frontend.run(x)
             for e, model in enumerate(self.members):
                 out[e, k] = model.run(x)[0]

@@ -203,7 +203,11 @@ def export(opts: ExportOptions) -> dict[str, Any]:
     meta["classifier_eval"] = (
         f"{len(audio)} labelled 5-s segments of the test split, mix only, {len(runs)} member(s)"
     )
-    meta["classifier_source"] = {"runs": [str(r) for r in runs], "weights": opts.which}
+    meta["classifier_source"] = {
+        "runs": [str(r) for r in runs],
+        "weights": opts.which,
+        "channel_norm": channel_norm,
+    }
     meta["selected"] = {
         "separator": opts.separator_flavour if opts.separator_run else None,
         "classifier": opts.classifier_flavour,

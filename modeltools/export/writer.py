@@ -48,7 +48,9 @@ def labels_csv(taxonomy: Any, species_classes: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def frontend_params() -> dict[str, Any]:
+def frontend_params(channel_norm: bool = True) -> dict[str, Any]:
+    """The frontend's definition for the manifest; the agent computes it natively from these
+    (agent.models.frontend) or runs frontend.tflite."""
     from modeltools.classifier import frontend as fe
 
     return {
@@ -67,6 +69,8 @@ def frontend_params() -> dict[str, Any]:
         "pcen_root": 2.0,
         "pcen_floor": 1e-6,
         "pcen_fir_taps": fe.PCEN_FIR_TAPS,
+        "channel_norm": channel_norm,
+        "clean_thresh": 1.0,
     }
 
 
@@ -201,7 +205,9 @@ def write_bundle(
                     "labels": "labels.csv",
                     "input": "features",
                     "frontend_model": {"file": "frontend.tflite"},
-                    "frontend": frontend_params(),
+                    "frontend": frontend_params(
+                        bool(report.get("classifier_source", {}).get("channel_norm", True))
+                    ),
                 }
             ],
             "golden": {
