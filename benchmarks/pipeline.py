@@ -67,9 +67,13 @@ def stage_times(bundle: Path, threads: int, runs: int) -> dict[str, dict[str, fl
     clf = models.classifiers[0]
     assert isinstance(clf, Classifier)
     feats = window[np.newaxis]
+    if clf.native is not None:
+        nat = clf.native
+        out["frontend, numpy (per channel)"] = _timed(lambda: nat.features(window), runs)
+        feats = nat.features(window)
     if clf.frontend is not None:
         fe = clf.frontend
-        out["frontend (per channel)"] = _timed(lambda: fe.run(window[np.newaxis]), runs)
+        out["frontend, tflite (per channel)"] = _timed(lambda: fe.run(window[np.newaxis]), runs)
         feats = fe.run(window[np.newaxis])
     member = clf.members[0]
     out["classifier member (per channel)"] = _timed(lambda: member.run(feats), runs)

@@ -389,8 +389,11 @@ def _set_tf_threads(threads: int | None) -> None:
     if threads:
         import tensorflow as tf
 
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already ran in this process (tests, notebooks)
+            logging.getLogger(__name__).debug("TensorFlow threads already fixed")
 
 
 def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

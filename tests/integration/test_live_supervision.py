@@ -284,6 +284,7 @@ def test_run_saves_clips_within_the_disk_bound(tmp_path: Path) -> None:
                 "audio": {"source": "file", "files": [str(wav)], "realtime": False},
                 "detection": {"merge": False},  # one detection per window: many clips
                 "outputs": {"jsonl": str(tmp_path / "d.jsonl")},
+                "inference": {"bundle": str(DEMO_BUNDLE)},  # its species are the demo audio's
                 "storage": {
                     "clips": {
                         "enabled": True,

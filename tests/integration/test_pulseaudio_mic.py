@@ -216,6 +216,8 @@ def test_agent_run_detects_birds_played_into_a_real_microphone(tmp_path: Path) -
             "device_id": "mic-test",
             "audio": {"source": "microphone", "device": "pulse"},
             "outputs": {"jsonl": str(tmp_path / "live.jsonl")},
+            # The plumbing bundle: its species are the demo sources played into the "mic".
+            "inference": {"bundle": str(Path(__file__).parents[2] / "agent" / "bundles" / "demo")},
         }
         (tmp_path / "agent.yaml").write_text(yaml.safe_dump(config))
         before = datetime.now(UTC)
