@@ -54,6 +54,7 @@ HOP = int(2.5 * RATE_HZ)
 DEVICE = "field-01"
 STATE_TOPIC = f"chorus/{DEVICE}/models/state"
 UPDATE_TOPIC = f"chorus/{DEVICE}/cmd/update"
+GROUP_TOPIC = "chorus/_group/north/cmd/update"
 T0 = datetime(2026, 5, 1, 4, 0, tzinfo=UTC)
 AUDIO_S = 150.0
 
@@ -187,7 +188,9 @@ class ListSink:
         pass
 
 
-def agent_config(broker: Any, tmp_path: Path, public_key: Path, **updates: Any) -> AgentConfig:
+def agent_config(
+    broker: Any, tmp_path: Path, public_key: Path, device: str = DEVICE, **updates: Any
+) -> AgentConfig:
     u = {
         "enabled": True,
         "trusted_keys": [str(public_key)],
@@ -199,7 +202,7 @@ def agent_config(broker: Any, tmp_path: Path, public_key: Path, **updates: Any) 
     u.update(updates)
     return parse_config(
         {
-            "device_id": DEVICE,
+            "device_id": device,
             "inference": {"bundle": str(DEMO), "num_threads": 1},
             "detection": {"merge": False},  # one detection per window: exact comparison
             "mqtt": {
@@ -227,17 +230,18 @@ class RunningAgent:
         tmp_path: Path,
         audio: np.ndarray,
         subscribe: Callable[..., Any],
+        device: str = DEVICE,
         **updates: Any,
     ) -> None:
         self.broker = broker
         self.key = tmp_path / "keys" / "lab.key"
         _, public = generate_key(self.key)
-        self.config = agent_config(broker, tmp_path, public, **updates)
+        self.config = agent_config(broker, tmp_path, public, device, **updates)
         prepare_start(self.config)  # as `chorus-agent run` does before loading models
         self.engine = build_engine(self.config)
         self.sink = ListSink()
         self.source = GatedSource(audio)
-        self.states = subscribe(broker, STATE_TOPIC)
+        self.states = subscribe(broker, f"chorus/{device}/models/state")
         self.updater = Updater(self.config, self.engine)
         self.updater.start()
         assert wait_until(lambda: self.updater.connected, 10.0), "updater did not connect"
@@ -311,9 +315,10 @@ class RunningAgent:
         order: list[int] | None = None,
         key: Path | None = None,
         issued_utc: datetime | None = None,
+        topic: str = UPDATE_TOPIC,
     ) -> dict[str, Any]:
         """Publish a hand-made archive: chunks in ``order`` (default all, in order), then a
-        signed announcement; returns the announcement."""
+        signed announcement on ``topic``; returns the announcement."""
         chunks = [archive[i : i + chunk_bytes] for i in range(0, len(archive), chunk_bytes)]
         doc = build_announcement(
             name=name,
@@ -328,8 +333,8 @@ class RunningAgent:
         pub = RawPublisher(self.broker.host, self.broker.port)
         try:
             for i in range(len(chunks)) if order is None else order:
-                pub.publish(chunk_topic(UPDATE_TOPIC, doc["request_id"], i), chunks[i], True)
-            pub.publish(UPDATE_TOPIC, json.dumps(doc), retain=True)
+                pub.publish(chunk_topic(topic, doc["request_id"], i), chunks[i], True)
+            pub.publish(topic, json.dumps(doc), retain=True)
         finally:
             pub.close()
         return doc
@@ -374,8 +379,10 @@ def agents(
     """``start(**updates)`` -> a RunningAgent; every one is stopped at the end."""
     made: list[RunningAgent] = []
 
-    def start(**updates: Any) -> RunningAgent:
-        made.append(RunningAgent(broker, tmp_path, audio, subscribe, **updates))
+    def start(device: str = DEVICE, **updates: Any) -> RunningAgent:
+        folder = tmp_path if device == DEVICE else tmp_path / device  # own store and outbox
+        folder.mkdir(exist_ok=True)
+        made.append(RunningAgent(broker, folder, audio, subscribe, device, **updates))
         return made[-1]
 
     try:
@@ -503,6 +510,52 @@ def test_group_roll_out_reaches_a_device_that_comes_online_later(
     agent.wait_state("activated", second.request_id)
     assert agent.version == "0.3.0"
     agent.close()
+
+
+def test_group_push_to_two_agents_tampered_refused_and_nan_kept_out(
+    mosquitto_broker: Any,
+    running: Callable[..., RunningAgent],
+    tmp_path: Path,
+    baseline: list[Detection],
+) -> None:
+    """The issue's end-to-end case: one signed publish to a group; two agents on loopback
+    receive, verify, smoke-test and switch between windows without losing one; a bundle
+    altered after signing is refused by both; a NaN-producing bundle never becomes active."""
+    key = tmp_path / "publisher.key"
+    _, public = generate_key(key)
+    where = {"host": mosquitto_broker.host, "port": mosquitto_broker.port, "target": "group:north"}
+    fleet = [
+        running(device=d, groups=["north"], trusted_keys=[str(public)])
+        for d in ("north-1", "north-2")
+    ]
+    bad = make_bundle(tmp_path, "0.2.0", key)
+    data = bytearray((bad / "classifier_a.tflite").read_bytes())
+    data[-100] ^= 0x01  # one file altered after signing
+    (bad / "classifier_a.tflite").write_bytes(bytes(data))
+    # publish_update itself refuses an altered bundle, so it goes out by hand, to the group.
+    doc = fleet[0].publish_raw(
+        raw_archive(bundle_members(bad)), version="0.2.0", key=key, topic=GROUP_TOPIC
+    )
+    for agent in fleet:
+        msg = agent.wait_state("refused", doc["request_id"])
+        assert "does not match its sha256" in msg["reason"] and agent.version == "0.1.0"
+
+    good = publish_update(make_bundle(tmp_path, "0.3.0", key), key, **where)
+    for agent in fleet:
+        assert agent.wait_state("activated", good.request_id)["active"]["version"] == "0.3.0"
+    for agent in fleet:
+        agent.pump(3)
+        agent.wait_state("confirmed", good.request_id)
+        agent.check_no_loss(baseline)  # no window missed across the switch
+        assert agent.engine.stats.window_errors == 0 and agent.version == "0.3.0"
+
+    nan = publish_update(make_bundle(tmp_path, "0.4.0", key, nan_separator), key, **where)
+    for agent in fleet:
+        msg = agent.wait_state("refused", nan.request_id)
+        assert "NaN" in msg["reason"] and agent.version == "0.3.0"
+        agent.pump(2)
+        agent.check_no_loss(baseline)
+        agent.close()
 
 
 def test_chunks_out_of_order_and_repeated_still_install(
