@@ -385,15 +385,10 @@ def _run_fetch_xc(args: argparse.Namespace) -> int:
 
 
 def _set_tf_threads(threads: int | None) -> None:
-    # Must run before TensorFlow executes any op; 0/None leaves TensorFlow's defaults.
-    if threads:
-        import tensorflow as tf
+    # The separator commands give TensorFlow as many inter-op as intra-op threads.
+    from modeltools.classifier.train import set_threads
 
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(threads)
-        except RuntimeError:  # TensorFlow already ran in this process (tests, notebooks)
-            logging.getLogger(__name__).debug("TensorFlow threads already fixed")
+    set_threads(threads, inter_op=threads or 1)
 
 
 def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

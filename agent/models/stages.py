@@ -7,7 +7,7 @@ mismatched bundle is refused before any audio is processed, with a message namin
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
@@ -73,14 +73,27 @@ class Separator:
         and because the scaling is linear the channels still sum to the input. A silent (or
         non-finite) window runs unscaled: there is no gain that would normalize it.
         """
-        x = np.asarray(window, dtype=np.float32)
-        target = self.spec.input_peak
-        peak = float(np.max(np.abs(x))) if target is not None and x.size else 0.0
-        if target is None or not (np.isfinite(peak) and peak > 0.0):
-            return self.model.run(x[np.newaxis, :])[0]
-        gain = target / peak
-        out = self.model.run((x * np.float32(gain))[np.newaxis, :])[0]
-        return (out * np.float32(peak / target)).astype(np.float32)
+        x = np.asarray(window, dtype=np.float32)[np.newaxis, :]
+        return peak_scaled(self.model.run, x, self.spec.input_peak)[0]
+
+
+def peak_scaled(
+    run: Callable[[np.ndarray], np.ndarray], windows: np.ndarray, input_peak: float | None
+) -> np.ndarray:
+    """``run(windows)`` with each row scaled to ``input_peak`` first and the result scaled back.
+
+    The one definition of the separator's per-window gain (the manifest's ``input_peak``),
+    shared by the agent and modeltools' export, parity and evaluation. Rows that are silent
+    or non-finite run unscaled; ``input_peak`` None runs everything unscaled.
+    """
+    x = np.asarray(windows, dtype=np.float32)
+    if not input_peak:
+        return np.asarray(run(x))
+    peaks = np.max(np.abs(x), axis=1) if x.shape[1] else np.zeros(len(x), np.float32)
+    ok = np.isfinite(peaks) & (peaks > 0)
+    gains = np.where(ok, input_peak / np.where(ok, peaks, 1.0), 1.0).astype(np.float32)
+    out = np.asarray(run(x * gains[:, None]))
+    return (out / gains.reshape((-1,) + (1,) * (out.ndim - 1))).astype(np.float32)
 
 
 class Classifier:

@@ -44,14 +44,15 @@ class RunOptions:
     progress: bool = True
 
 
-def set_threads(threads: int) -> None:
-    """Limit TensorFlow to ``threads`` intra-op and 1 inter-op thread (0: leave the default)."""
+def set_threads(threads: int | None, inter_op: int = 1) -> None:
+    """Limit TensorFlow to ``threads`` intra-op and ``inter_op`` inter-op threads (0/None:
+    leave the defaults). Must run before TensorFlow executes an op; later calls are ignored."""
     import tensorflow as tf
 
-    if threads > 0:
+    if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
         except RuntimeError:  # already initialised in this process
             log.debug("TensorFlow threads already configured")
 

@@ -282,7 +282,7 @@ def load_keras(
 def keras_channels(km: KerasModels, mix: np.ndarray) -> np.ndarray:
     """(B, N) segments -> (B, K, N) ``[mix, sources]``: the Keras separator with the bundle's
     per-window gain (as ``Separator.separate`` applies it), at its own rate."""
-    from modeltools.export.parity import peak_scaled
+    from agent.models.stages import peak_scaled
 
     channels = mix[:, np.newaxis]
     model = km.separator

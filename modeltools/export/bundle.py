@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.models.stages import peak_scaled
 from modeltools.export.convert import (
     FLAVOURS,
     Converted,
@@ -38,7 +39,6 @@ from modeltools.export.parity import (
     SeparatorParity,
     Tolerances,
     classifier_parity,
-    peak_scaled,
     report_dict,
     separator_parity,
 )

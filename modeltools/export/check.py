@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from agent.models.stages import peak_scaled
 from modeltools.export.convert import Converted, ExportError, model_ops
 from modeltools.export.parity import (
     SeparatorParity,
     Tolerances,
     classifier_parity,
-    peak_scaled,
     report_dict,
     separator_parity,
 )

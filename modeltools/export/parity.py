@@ -8,7 +8,7 @@ TFLite CMAP. A flavour passes when both losses are within the tolerances (defaul
 MoMi loss <= 0.5 dB, classifier CMAP loss <= 0.02, ISSUE 6).
 
 The separator's ``input_peak`` (per-window gain: scale the window to that peak, separate,
-scale back) is applied here exactly as the agent applies it (``agent.models.stages``), because
+scale back) is applied with the agent's own ``agent.models.stages.peak_scaled``, because
 it is what makes full-int8 waveform I/O usable on quiet windows (DEPENDENCIES.md §7 rule 7).
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.models.stages import peak_scaled
 from modeltools.export.convert import run_tflite
 
 DEFAULT_MAX_MOMI_LOSS_DB = 0.5
@@ -41,16 +42,6 @@ def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     if err == 0:
         return math.inf
     return float(10 * np.log10(np.sum(ref**2) / err))
-
-
-def peak_scaled(run: Any, x: np.ndarray, input_peak: float | None) -> np.ndarray:
-    """``run(x)`` with each row scaled to ``input_peak`` first and the result scaled back."""
-    if not input_peak:
-        return np.asarray(run(x))
-    peaks = np.max(np.abs(x), axis=1)
-    gains = np.where(peaks > 0, input_peak / np.maximum(peaks, 1e-30), 1.0).astype(np.float32)
-    out = np.asarray(run(x * gains[:, None]))
-    return out / gains.reshape((-1,) + (1,) * (out.ndim - 1))
 
 
 @dataclass

@@ -7,6 +7,7 @@ loader and smoke-tested, and only then renamed into place.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -17,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modeltools.export.convert import Converted, ExportError, run_tflite
-from modeltools.export.parity import peak_scaled, report_markdown
+from modeltools.export.convert import Converted, ExportError
+from modeltools.export.parity import report_markdown
 
 if TYPE_CHECKING:
     from modeltools.export.bundle import ExportOptions
@@ -152,15 +153,6 @@ def write_bundle(
         pick = int(np.argmax(np.max(np.abs(eval_audio), axis=1)))
         write_wav(tmp / "golden" / "input.wav", eval_audio[pick], SAMPLE_RATE_HZ)
         x = read_segment(tmp / "golden" / "input.wav", 0, WINDOW_SAMPLES)
-        expected: dict[str, np.ndarray] = {}
-        if sep is not None:
-            expected["separator"] = peak_scaled(
-                lambda a: run_tflite(sep.data, a), x[np.newaxis], opts.input_peak
-            )[0]
-        feats = run_tflite(frontend.data, x[np.newaxis])
-        for k, conv in enumerate(members):
-            expected[f"{opts.name}/{k}"] = run_tflite(conv.data, feats)[0]
-        _save_expected(tmp / "golden" / "expected.npz", expected)
         (tmp / "parity.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "parity.md").write_text(report_markdown(report))
         fields: dict[str, Any] = {
@@ -215,21 +207,23 @@ def write_bundle(
                 "classifier": report.get("classifier_source"),
             },
         }
-        write_manifest(tmp, fields)
         # The golden outputs are what the *agent's own code* returns on the golden window
-        # (default options: numpy frontend, the per-window gain): recompute them through it,
-        # then re-hash. The tolerance covers the frontend choice (native vs frontend.tflite
-        # moves int8 logits by ~0.1) and interpreter/thread differences.
+        # (default options: numpy frontend, the per-window gain), so the bundle is first
+        # written without them, loaded by the agent, run, and then completed. The tolerance
+        # covers the frontend choice (native vs frontend.tflite moves int8 logits by ~0.1)
+        # and interpreter/thread differences.
+        golden = fields.pop("golden")
+        write_manifest(tmp, fields)
         models = load_models(load_bundle(tmp), RuntimeOptions(), use_separator=sep is not None)
-        agent_out: dict[str, np.ndarray] = {}
+        expected: dict[str, np.ndarray] = {}
         if models.separator is not None:
-            agent_out["separator"] = models.separator.separate(x)
+            expected["separator"] = models.separator.separate(x)
         for clf in models.classifiers:
             for e, logits in enumerate(clf.member_logits(x[np.newaxis])):  # type: ignore[attr-defined]
-                agent_out[f"{clf.name}/{e}"] = logits[0]
-        _save_expected(tmp / "golden" / "expected.npz", agent_out)
-        write_manifest(tmp, fields)
-        models = load_models(load_bundle(tmp), RuntimeOptions(), use_separator=sep is not None)
+                expected[f"{clf.name}/{e}"] = logits[0]
+        _save_expected(tmp / "golden" / "expected.npz", expected)
+        write_manifest(tmp, {**fields, "golden": golden})
+        models = dataclasses.replace(models, bundle=load_bundle(tmp))  # same interpreters
         log.info("bundle smoke test: %s", smoke_test(models))
         tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is read by the agent's user
         if opts.out.exists():
