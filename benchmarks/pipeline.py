@@ -9,9 +9,12 @@ demo soundscape): resample 48 kHz -> 22.05 kHz, separator, classifier frontend (
 classifier members (per member per channel), channel combination, JSONL sink. Then
 ``chorus-agent analyze`` as a subprocess on a long file (the demo soundscape repeated, default
 600 s) in mix-only and mix + separation modes, hop = window = 5 s: wall time / audio time and the
-process's peak RSS (``wait4``). ``--peer-birdnet`` times a user-supplied BirdNET V2.4 TFLite file
-(3-s windows at 48 kHz) in the same run so ratios, not absolute times, are compared. Never
-shipped; nothing downloaded. Prints a table; ``--json`` writes every figure.
+process's peak RSS (``wait4``; it holds the whole file). Then ``chorus-agent run`` streaming
+``--soak-s`` seconds of audio (default 2 h, not paced): the agent's resident memory while
+streaming, sampled every 0.5 s, its peak and its growth over the run. ``--peer-birdnet`` times
+a user-supplied BirdNET V2.4 TFLite file (3-s windows at 48 kHz) in the same run so ratios, not
+absolute times, are compared. Never shipped; nothing downloaded. Prints a table; ``--json``
+writes every figure.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the agent does (agent/__init__.py)
 
 import numpy as np
 import soundfile as sf
@@ -165,6 +170,81 @@ def pipeline_run(bundle: Path, mode: str, threads: int, long_s: float) -> dict[s
     }
 
 
+def _memory_mb(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM) of a live process in MB, or None once it is gone (Linux /proc)."""
+    found: dict[str, float] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    if len(found) < 2:
+        return None
+    return found["VmRSS"], found["VmHWM"]
+
+
+def soak_run(bundle: Path, mode: str, threads: int, audio_s: float) -> dict[str, float]:
+    """``chorus-agent run`` streaming the demo soundscape (file source, not paced) for
+    ``audio_s`` seconds of audio: resident memory sampled every 0.5 s, peak RSS, growth.
+
+    Growth compares the median RSS over the last 10 % of the run with the median over
+    10-20 % (after the models are loaded and every buffer has been touched once).
+    """
+    copies = max(1, int(np.ceil(audio_s / 60.0)))  # the demo soundscape is 60 s
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "soak.yaml"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "device_id": "bench",
+                    "log_level": "WARNING",
+                    "audio": {
+                        "source": "file",
+                        "files": [str(DEMO_SOUNDSCAPE)] * copies,
+                        "realtime": False,
+                        "hop_s": 5.0,
+                    },
+                    "inference": {"bundle": str(bundle), "num_threads": threads, "mode": mode},
+                    "outputs": {"jsonl": str(Path(tmp) / "detections.jsonl")},
+                }
+            )
+        )
+        cmd = [sys.executable, "-m", "agent", "run", "--config", str(cfg)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        samples: list[float] = []
+        peak = float("nan")
+        while proc.poll() is None:
+            mem = _memory_mb(proc.pid)
+            if mem is not None:
+                samples.append(mem[0])
+                peak = mem[1]  # the kernel's high-water mark: catches peaks between samples
+            time.sleep(0.5)
+        wall = time.perf_counter() - t0
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.returncode != 0:
+            raise SystemExit(f"run failed ({proc.returncode}): {err[-500:]}")
+        lines = (Path(tmp) / "detections.jsonl").read_text().count("\n")
+    n = len(samples)
+    early = samples[n // 10 : max(n // 10 + 1, n // 5)]
+    late = samples[-max(1, n // 10) :]
+    warm, end = float(np.median(early)), float(np.median(late))
+    return {
+        "audio_s": copies * 60.0,
+        "wall_s": wall,
+        "rtf_process": wall / (copies * 60.0),
+        "rss_samples": n,
+        "rss_warm_mb": warm,
+        "rss_end_mb": end,
+        "rss_growth_pct": 100 * (end - warm) / warm,
+        "peak_rss_mb": peak,
+        "detections": lines,
+    }
+
+
 def birdnet_time(path: Path, threads: int, runs: int) -> dict[str, float]:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -190,6 +270,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--runs", type=int, default=20, help="timed repetitions per stage")
     p.add_argument("--long-s", type=float, default=600.0, help="analyze file length (s)")
+    p.add_argument(
+        "--soak-s",
+        type=float,
+        default=7200.0,
+        help="audio seconds streamed through chorus-agent run for the RSS soak (0: skip)",
+    )
     p.add_argument("--no-pipeline", action="store_true", help="stage timings only")
     p.add_argument("--peer-birdnet", type=Path, default=None, help="BirdNET V2.4 .tflite file")
     p.add_argument("--json", type=Path, default=None)
@@ -221,6 +307,20 @@ def main() -> int:
                 if args.peer_birdnet and t == 1:
                     ratio = 1000 * rtf / result["birdnet_1t"]["ms_per_audio_s"]  # type: ignore[index]
                     print(f"{'':<20} {'':>7} {'':>8} = {ratio:.2f} x BirdNET")
+    if not args.no_pipeline and args.soak_s > 0:
+        t = args.threads[0]
+        print(f"\n## chorus-agent run, {args.soak_s / 3600:.2f} h of audio streamed, {t} thread(s)")
+        print(
+            f"{'mode':<20} {'RTF':>8} {'RSS warm MB':>12} {'RSS end MB':>11} {'growth %':>9} "
+            f"{'peak MB':>8}"
+        )
+        for mode in ("mix_only", "mix_and_separated"):
+            r = soak_run(args.bundle, mode, t, args.soak_s)
+            result[f"soak_{mode}_{t}t"] = r
+            print(
+                f"{mode:<20} {r['rtf_process']:8.4f} {r['rss_warm_mb']:12.0f} "
+                f"{r['rss_end_mb']:11.0f} {r['rss_growth_pct']:9.1f} {r['peak_rss_mb']:8.0f}"
+            )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -145,10 +145,12 @@ class Classifier:
     def member_logits(self, channels: np.ndarray) -> np.ndarray:
         """(K, N) channels -> (E, K, C) logits of each member on each channel."""
         out = np.empty((len(self.members), channels.shape[0], len(self.labels)), np.float32)
+        # The native frontend does every channel in one pass; its features feed every member.
+        feats = self.native.features_batch(channels) if self.native is not None else None
         for k in range(channels.shape[0]):
             x = channels[k][np.newaxis, :]
-            if self.native is not None:  # once per channel, shared by every member
-                x = self.native.features(channels[k])
+            if feats is not None:
+                x = feats[k : k + 1]
             elif self.frontend is not None:
                 x = self.frontend.run(x)
             for e, model in enumerate(self.members):

@@ -78,18 +78,29 @@ def _prelu(init: float, name: str) -> keras.layers.PReLU:
     )
 
 
+def _activation(cfg: SeparatorConfig, name: str) -> keras.layers.Layer:
+    # ReLU for int8 presets: LiteRT/XNNPACK have no fast int8 PRELU (a reference kernel, ~17x
+    # slower than int8 ReLU on a (6890, 128) tensor here; docs/performance.md).
+    if cfg.activation == "relu":
+        return keras.layers.ReLU(name=name)
+    return _prelu(cfg.prelu_init, name)
+
+
 class TDCNBlock(keras.layers.Layer):
     """One TDCN++ block: dense-up x s1, PReLU, norm, dilated depthwise conv, PReLU, norm,
-    dense-down x s2, residual (activation before norm: ``norm_after_act=True``)."""
+    dense-down x s2, residual (activation before norm: ``norm_after_act=True``).
+
+    Without a norm, the up projection gets a bias (the norm's offset played that role).
+    """
 
     def __init__(self, cfg: SeparatorConfig, index: int, dilation: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.dilation = dilation
-        self.up = keras.layers.Dense(cfg.hidden, use_bias=False, name="up")
-        self.up_scale = Scale(1.0, name="up_scale")
-        self.act1 = _prelu(cfg.prelu_init, "prelu1")
-        self.act2 = _prelu(cfg.prelu_init, "prelu2")
         norm = cfg.norm != "none"
+        self.up = keras.layers.Dense(cfg.hidden, use_bias=not norm, name="up")
+        self.up_scale = Scale(1.0, name="up_scale")
+        self.act1 = _activation(cfg, "prelu1")
+        self.act2 = _activation(cfg, "prelu2")
         self.norm1 = ScalarNorm(cfg.norm, cfg.norm_eps, name="norm1") if norm else None
         self.norm2 = ScalarNorm(cfg.norm, cfg.norm_eps, name="norm2") if norm else None
         # 'same' padding with kernel 3 = symmetric zero padding of `dilation` frames.
@@ -166,7 +177,17 @@ class Separator(keras.Model):
         wave = tf.reshape(out, [shape[0], shape[1], (f + k - 1) * cfg.hop])
         return wave[:, :, :num_samples]
 
-    def call(self, waveform: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def call(
+        self, waveform: tf.Tensor, training: bool = False, mask_logit_clip: float | None = None
+    ) -> tf.Tensor:
+        """``mask_logit_clip``: clamp the mask logits to +-this before the sigmoid (default: the
+        preset's ``mask_logit_clip``; the export may set one for a preset trained without).
+
+        Trained logits reach the thousands on some frames while the useful range is about
+        +-8 (sigmoid(8) = 0.9997): an int8 tensor calibrated on that range has a step of ~20
+        and turns every mask into 0 or 1. Clamping changes the float output by < 4e-4 of a
+        coefficient and gives the int8 logits a step of 2c/255.
+        """
         cfg = self.cfg
         x = tf.convert_to_tensor(waveform, tf.float32)
         num_samples = x.shape[-1]
@@ -177,6 +198,9 @@ class Separator(keras.Model):
             h = block(h)
         f = coeffs.shape[1]
         logits = tf.reshape(self.mask_head(h), [-1, f, cfg.num_sources, cfg.num_coeffs])
+        clip = mask_logit_clip if mask_logit_clip is not None else cfg.mask_logit_clip
+        if clip is not None:
+            logits = tf.clip_by_value(logits, -clip, clip)
         masks = tf.sigmoid(tf.transpose(logits, [0, 2, 1, 3]))  # (B, M, F, N)
         masked = masks * tf.expand_dims(coeffs, 1)
         sources = self.overlap_add(self.decoder(masked), num_samples)  # (B, M, T)

@@ -21,6 +21,7 @@ class SeparatorConfigError(ConfigError):
 
 NORMS = ("instance_norm", "global_layer_norm", "layer_norm", "none")
 CONSISTENCY = ("pred_source", "uniform", "magsq", "none")
+ACTIVATIONS = ("prelu", "relu")
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,13 @@ class SeparatorConfig:
     blocks_per_repeat: int = 8
     norm: str = "instance_norm"
     norm_eps: float = 1e-3
+    activation: str = "prelu"  # "relu" in int8 presets (no fast int8 PRELU kernel)
     prelu_init: float = 0.1
     scale_decay: float = 0.9  # block output scale init scale_decay**b (SS-net 'exponential')
     consistency: str = "pred_source"
+    # Clamp mask logits to +-this before the sigmoid (None: no clamp). For int8 export: the
+    # logit tensor then has a bounded range (see Separator.call).
+    mask_logit_clip: float | None = None
     # training
     batch_size: int = 6  # single mixtures; MoMs per step = batch_size // 2 (SS-mixit: 6 -> 3)
     learning_rate: float = 1e-4
@@ -59,6 +64,10 @@ class SeparatorConfig:
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise SeparatorConfigError(f"separator norm must be one of {NORMS}, got {self.norm!r}")
+        if self.activation not in ACTIVATIONS:
+            raise SeparatorConfigError(
+                f"separator activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+            )
         if self.consistency not in CONSISTENCY:
             raise SeparatorConfigError(
                 f"separator consistency must be one of {CONSISTENCY}, got {self.consistency!r}"
@@ -115,6 +124,25 @@ PRESETS: dict[str, SeparatorConfig] = {
         hidden=128,
         repeats=2,
         blocks_per_repeat=8,
+        consistency="pred_source",
+        learning_rate=1e-3,
+        lr_decay_steps=20_000,
+    ),
+    # int8-oriented edge preset: no data-dependent norms (their MEAN/RSQRT statistics are what
+    # full-integer quantisation loses, docs/export.md), ReLU (int8 PRELU has no fast kernel),
+    # bounded mask logits. The residual scales (scale_decay) keep the un-normalised stack stable.
+    "edge-int8": SeparatorConfig(
+        name="edge-int8",
+        window=32,
+        hop=16,
+        num_coeffs=128,
+        bottleneck=64,
+        hidden=128,
+        repeats=2,
+        blocks_per_repeat=8,
+        norm="none",
+        activation="relu",
+        mask_logit_clip=8.0,
         consistency="pred_source",
         learning_rate=1e-3,
         lr_decay_steps=20_000,
@@ -180,7 +208,21 @@ def count_cost(cfg: SeparatorConfig, window_s: float = 5.0) -> dict[str, int]:
     norm_params = 0 if cfg.norm == "none" else 2
     params = w * c  # encoder
     params += c * b + b + 1  # initial dense + bias + scale
-    per_block = b * h + 1 + 1 + norm_params + h * k + h + 1 + norm_params + h * b + 1
+    act_params = 1 if cfg.activation == "prelu" else 0
+    up_bias = h if cfg.norm == "none" else 0
+    per_block = (
+        b * h
+        + up_bias
+        + 1
+        + act_params
+        + norm_params
+        + h * k
+        + h
+        + act_params
+        + norm_params
+        + h * b
+        + 1
+    )
     params += cfg.num_blocks * per_block
     params += b * m * c  # mask head
     params += c * w  # decoder

@@ -67,3 +67,34 @@ def test_silence_gives_finite_features() -> None:
 def test_supports_only_its_own_kind() -> None:
     assert supports({"kind": "mel-pcen-whiten (frontend.tflite, float32)"})
     assert not supports({"kind": "leaf"}) and not supports(None) and not supports({})
+
+
+def test_pcen_filter_is_the_exact_recursion() -> None:
+    """lfilter with initial state (1 - s) E_0 equals M_t = (1 - s) M_{t-1} + s E_t, M_0 = E_0."""
+    p = FrontendParams()
+    front = NumpyFrontend(p, 22050)
+    energy = np.random.default_rng(3).random((40, 7)).astype(np.float32) * 5
+    s = p.pcen_smooth_coef
+    m = energy[0].astype(np.float64)
+    smooth = [m]
+    for e in energy[1:]:
+        m = (1 - s) * m + s * e
+        smooth.append(m)
+    gain = (p.pcen_floor + np.array(smooth)) ** p.pcen_alpha
+    r = 1 / p.pcen_root
+    want = (energy / gain + p.pcen_delta) ** r - p.pcen_delta**r
+    np.testing.assert_allclose(front.pcen(energy), want, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_equals_one_channel_at_a_time() -> None:
+    front = NumpyFrontend(FrontendParams(), 22050)
+    x = (np.random.default_rng(4).standard_normal((3, 22050)) * [[0.3], [0.01], [0.0]]).astype(
+        np.float32
+    )
+    batch = front.features_batch(x)
+    assert batch.shape == (3, *front.output_shape[1:])
+    for k in range(3):
+        np.testing.assert_array_equal(batch[k : k + 1], front.features(x[k]))
+    assert not np.allclose(batch[0], batch[1])  # the channels really are different
+    with pytest.raises(ValueError, match="channels, samples"):
+        front.features_batch(x[0])
