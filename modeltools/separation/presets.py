@@ -128,25 +128,6 @@ PRESETS: dict[str, SeparatorConfig] = {
         learning_rate=1e-3,
         lr_decay_steps=20_000,
     ),
-    # int8-oriented edge preset: no data-dependent norms (their MEAN/RSQRT statistics are what
-    # full-integer quantisation loses, docs/export.md), ReLU (int8 PRELU has no fast kernel),
-    # bounded mask logits. The residual scales (scale_decay) keep the un-normalised stack stable.
-    "edge-int8": SeparatorConfig(
-        name="edge-int8",
-        window=32,
-        hop=16,
-        num_coeffs=128,
-        bottleneck=64,
-        hidden=128,
-        repeats=2,
-        blocks_per_repeat=8,
-        norm="none",
-        activation="relu",
-        mask_logit_clip=8.0,
-        consistency="pred_source",
-        learning_rate=1e-3,
-        lr_decay_steps=20_000,
-    ),
     "edge-small": SeparatorConfig(
         name="edge-small",
         window=40,
@@ -175,6 +156,15 @@ PRESETS: dict[str, SeparatorConfig] = {
         example_s=0.25,
     ),
 }
+
+
+# int8-oriented edge preset: the edge shape without data-dependent norms (their MEAN/RSQRT
+# statistics are what full-integer quantisation loses, docs/export.md), with ReLU (int8 PRELU has
+# no fast kernel) and bounded mask logits. The residual scales (scale_decay) keep the
+# un-normalised stack stable.
+PRESETS["edge-int8"] = replace(
+    PRESETS["edge"], name="edge-int8", norm="none", activation="relu", mask_logit_clip=8.0
+)
 
 
 def get_preset(name: str, **overrides: Any) -> SeparatorConfig:
