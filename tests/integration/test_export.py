@@ -294,3 +294,40 @@ def test_edge_tpu_models_are_compiled_when_the_compiler_exists(
     assert "Model not quantized" in res["broken"]
     monkeypatch.setenv("PATH", "/nonexistent")
     assert "not installed" in compile_edgetpu_twins(out, named)["all"]
+
+
+def test_a_separator_without_norms_or_prelu_is_integer_end_to_end() -> None:
+    """Why the edge-int8 preset exists: with no data-dependent norm and ReLU, every op of the
+    int8 separator has int8 outputs (only the float I/O converts at the edges), while the
+    normalised PReLU model keeps float and PRELU ops (docs/export.md)."""
+    import dataclasses
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    from modeltools.export.convert import convert, freeze
+    from modeltools.separation.model import build_separator
+    from modeltools.separation.presets import get_preset
+
+    n = 2048
+    rep = np.random.default_rng(0).standard_normal((4, n)).astype(np.float32) * 0.2
+
+    def op_dtypes(cfg: object) -> dict[str, set[str]]:
+        model = build_separator(cfg, num_samples=n)  # type: ignore[arg-type]
+        conv = convert(freeze(lambda w: model(w, training=False), (1, n)), "int8", rep, "sep")
+        interp = Interpreter(model_content=conv.data)
+        tensors = {t["index"]: t["dtype"].__name__ for t in interp.get_tensor_details()}
+        kinds: dict[str, set[str]] = {}
+        for op in interp._get_ops_details():
+            for i in op["outputs"]:
+                kinds.setdefault(op["op_name"], set()).add(tensors[int(i)])
+        return kinds
+
+    tiny = get_preset("tiny")
+    integer = op_dtypes(
+        dataclasses.replace(tiny, norm="none", activation="relu", mask_logit_clip=8.0)
+    )
+    floats = {op for op, kinds in integer.items() if "float32" in kinds}
+    assert floats == {"DEQUANTIZE"}, integer
+    assert "PRELU" not in integer and "RSQRT" not in integer
+    normed = op_dtypes(tiny)  # instance norm + PReLU
+    assert "PRELU" in normed and "RSQRT" in normed

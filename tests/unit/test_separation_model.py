@@ -39,10 +39,17 @@ def test_bad_presets_are_refused() -> None:
         SeparatorConfig(window=22, hop=10)  # overlap-add needs window % hop == 0
     with pytest.raises(ConfigError):
         SeparatorConfig(norm="batch")
+    with pytest.raises(ConfigError, match="activation"):
+        SeparatorConfig(activation="gelu")
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"norm": "none", "consistency": "uniform", "repeats": 2, "num_sources": 3}]
+    "overrides",
+    [
+        {},
+        {"norm": "none", "consistency": "uniform", "repeats": 2, "num_sources": 3},
+        {"norm": "none", "activation": "relu", "mask_logit_clip": 8.0},
+    ],
 )
 def test_param_count_matches_keras(overrides: dict) -> None:
     cfg = dataclasses.replace(get_preset("tiny"), **overrides)
@@ -158,3 +165,27 @@ def test_tflite_conversion_is_builtin_only_and_matches_keras() -> None:
     interp.invoke()
     got = interp.get_tensor(interp.get_output_details()[0]["index"])
     np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5)
+
+
+def test_edge_int8_is_edge_without_norms_or_prelu() -> None:
+    edge, int8 = PRESETS["edge"], PRESETS["edge-int8"]
+    assert (int8.norm, int8.activation, int8.mask_logit_clip) == ("none", "relu", 8.0)
+    same = ("window", "hop", "num_coeffs", "bottleneck", "hidden", "repeats", "blocks_per_repeat")
+    assert all(getattr(edge, k) == getattr(int8, k) for k in same)
+    cfg = dataclasses.replace(int8, repeats=1, blocks_per_repeat=2)
+    model = build_separator(cfg, num_samples=cfg.hop * 40)
+    block = model.blocks[0]
+    assert block.norm1 is None and isinstance(block.act1, tf.keras.layers.ReLU)
+    assert block.up.use_bias  # the norm's offset is gone: the up projection has a bias instead
+
+
+def test_mask_logit_clip_bounds_the_masks() -> None:
+    """Clamp at 0: every mask is sigmoid(0) = 0.5, so without consistency all sources are equal;
+    without a clamp they differ. The call argument overrides the preset's value."""
+    cfg = dataclasses.replace(get_preset("tiny"), consistency="none", mask_logit_clip=0.0)
+    model = build_separator(cfg, num_samples=cfg.hop * 40)
+    x = tf.random.normal([2, cfg.hop * 40], seed=3)
+    y = model(x).numpy()
+    np.testing.assert_allclose(y, np.repeat(y[:, :1], cfg.num_sources, axis=1), atol=1e-6)
+    free = model(x, mask_logit_clip=1e9).numpy()
+    assert np.abs(free - free[:, :1]).max() > 1e-4
