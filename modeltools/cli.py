@@ -430,7 +430,19 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
         help="training crop length in s (default: the preset's; the model is convolutional, "
         "so shorter crops buy more steps per CPU hour and it still runs on 5-s windows)",
     )
+    p.add_argument(
+        "--mixit-nonempty",
+        action="store_true",
+        help="train with MixIT assignments that give both mixtures at least one output "
+        "(a MoM collapsed onto the louder mixture then still has a gradient); MoMi is unchanged",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="(default: 200)")
+    p.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=3,
+        help="checkpoints kept (default: 3); keep more to choose one by validation MoMi later",
+    )
     p.add_argument("--log-every", type=int, default=10, help="(default: 10)")
     p.add_argument("--val-examples", type=int, default=16, help="validation MoMs (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="data seed (default: 0)")
@@ -449,6 +461,7 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         lr_decay_steps=args.lr_decay_steps,
         example_s=args.example_s,
+        mixit_allow_empty=False if args.mixit_nonempty else None,
     )
     row = train(
         cfg,
@@ -459,6 +472,7 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         strategy=args.strategy,
         tpu=args.tpu,
         checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
         log_every=args.log_every,
         val_examples=args.val_examples,
         seed=args.seed,

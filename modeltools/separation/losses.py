@@ -50,13 +50,20 @@ def negative_snr(reference: Any, estimate: Any, max_snr_db: float = 30.0) -> tf.
     return 10.0 * _log10(err_pow + tau * ref_pow + EPS_LOG) - 10.0 * _log10(ref_pow + EPS_LOG)
 
 
-def assignment_matrices(num_sources: int, num_mixtures: int = 2) -> np.ndarray:
+def assignment_matrices(
+    num_sources: int, num_mixtures: int = 2, allow_empty: bool = True
+) -> np.ndarray:
     """All mixing matrices, shape ``(num_mixtures**M, num_mixtures, M)``, one 1 per column.
 
     Order is ``itertools.product(range(num_mixtures), repeat=M)``: entry ``a`` sends estimate
-    ``j`` to mixture ``a[j]``.
+    ``j`` to mixture ``a[j]``. ``allow_empty=False`` drops the assignments that leave a mixture
+    without any estimate (2^M - 2 remain for two mixtures), order otherwise unchanged.
     """
-    combos = list(itertools.product(range(num_mixtures), repeat=num_sources))
+    combos = [
+        c
+        for c in itertools.product(range(num_mixtures), repeat=num_sources)
+        if allow_empty or len(set(c)) == num_mixtures
+    ]
     mats = np.zeros((len(combos), num_mixtures, num_sources), np.float32)
     for i, combo in enumerate(combos):
         for j, mix in enumerate(combo):
@@ -65,17 +72,23 @@ def assignment_matrices(num_sources: int, num_mixtures: int = 2) -> np.ndarray:
 
 
 def mixit(
-    reference_mixtures: Any, estimates: Any, max_snr_db: float = 30.0
+    reference_mixtures: Any, estimates: Any, max_snr_db: float = 30.0, allow_empty: bool = True
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Exhaustive MixIT: per-example loss ``(batch,)`` and best mixing matrix ``(batch, 2, M)``.
 
     ``reference_mixtures`` ``(batch, 2, time)``; ``estimates`` ``(batch, M, time)``. For each
     of the 2^M assignments the loss is the mean over the two mixtures of :func:`negative_snr`
     of the remixed estimates; the per-example loss is the minimum (ties -> lowest index).
+
+    ``allow_empty=False`` (a training option, not the paper's MixIT and never used for MoMi)
+    searches only assignments that give each mixture at least one estimate. Why: with mixture
+    consistency, the assignment that sends every estimate to the louder mixture remixes that
+    mixture into the whole MoM, whose loss does not depend on the model; a MoM stuck there
+    contributes no gradient at all, so the model never learns to pull out quiet content.
     """
     refs, est = _t(reference_mixtures), _t(estimates)
     num_sources = est.shape[1]
-    mats = tf.constant(assignment_matrices(num_sources, refs.shape[1]))  # (A, 2, M)
+    mats = tf.constant(assignment_matrices(num_sources, refs.shape[1], allow_empty))  # (A, 2, M)
     remixed = tf.einsum("aim,bmt->bait", mats, est)  # (B, A, 2, T)
     losses = tf.reduce_mean(
         negative_snr(tf.expand_dims(refs, 1), remixed, max_snr_db), axis=-1

@@ -58,6 +58,9 @@ class SeparatorConfig:
     lr_decay_rate: float = 0.5
     lr_decay_steps: int = 2_000_000
     max_snr_db: float = 30.0
+    # Training loss only: False restricts MixIT to assignments that give both mixtures an
+    # estimate (losses.mixit); MoMi always searches all 2^M (ALGORITHMS.md §1.8).
+    mixit_allow_empty: bool = True
     example_s: float = 5.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -164,6 +167,11 @@ PRESETS: dict[str, SeparatorConfig] = {
 # un-normalised stack stable.
 PRESETS["edge-int8"] = replace(
     PRESETS["edge"], name="edge-int8", norm="none", activation="relu", mask_logit_clip=8.0
+)
+# The same int8-friendly stack, twice as wide inside the blocks (about 2x the MACs): the next
+# point of the cost/quality frontier (docs/performance.md), still inside the real-time budget.
+PRESETS["edge-int8-wide"] = replace(
+    PRESETS["edge-int8"], name="edge-int8-wide", bottleneck=96, hidden=192
 )
 
 

@@ -174,6 +174,7 @@ def train(
     strategy: str = "cpu",
     tpu: str | None = None,
     checkpoint_every: int = 200,
+    keep_checkpoints: int = 3,
     log_every: int = 10,
     val_examples: int = 16,
     seed: int = 0,
@@ -232,7 +233,7 @@ def train(
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False)
     ckpt = make_checkpoint(model, optimizer, step)
-    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=3)
+    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=max(1, keep_checkpoints))
     if manager.latest_checkpoint:
         ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log.info("resumed %s at step %d", manager.latest_checkpoint, int(step.numpy()))
@@ -246,7 +247,9 @@ def train(
         def replica(b: dict[str, tf.Tensor]) -> tf.Tensor:
             with tf.GradientTape() as tape:
                 est = model(b["mom"], training=True)
-                per_example, _ = mixit(b["mixtures"], est, cfg.max_snr_db)
+                per_example, _ = mixit(
+                    b["mixtures"], est, cfg.max_snr_db, allow_empty=cfg.mixit_allow_empty
+                )
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=moms)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))

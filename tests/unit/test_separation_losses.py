@@ -80,9 +80,13 @@ def test_assignment_matrices_enumerate_all_16_for_m4() -> None:
         assert [int(np.argmax(mats[i, :, j])) for j in range(4)] == list(combo)
 
 
-def _brute_mixit(refs: np.ndarray, est: np.ndarray) -> tuple[float, np.ndarray]:
+def _brute_mixit(
+    refs: np.ndarray, est: np.ndarray, allow_empty: bool = True
+) -> tuple[float, np.ndarray]:
     best, best_mat = np.inf, None
     for combo in itertools.product(range(2), repeat=est.shape[0]):
+        if not allow_empty and len(set(combo)) < 2:
+            continue
         remix = np.zeros_like(refs, dtype=np.float64)
         for j, mix in enumerate(combo):
             remix[mix] += est[j]
@@ -119,6 +123,52 @@ def test_mixit_ties_go_to_the_lowest_index() -> None:
     refs = np.ones((1, 2, 50), np.float32)
     _, mat = mixit(refs, np.zeros((1, 4, 50), np.float32))
     np.testing.assert_array_equal(mat.numpy()[0], [[1, 1, 1, 1], [0, 0, 0, 0]])
+
+
+def test_nonempty_assignments_drop_exactly_the_two_empty_ones() -> None:
+    full, kept = assignment_matrices(4), assignment_matrices(4, allow_empty=False)
+    assert kept.shape == (14, 2, 4)
+    assert np.all(kept.sum(axis=2) >= 1)  # both mixtures get an estimate
+    # The same order as the full list with "all to 0" (first) and "all to 1" (last) removed.
+    np.testing.assert_array_equal(kept, full[1:-1])
+
+
+def test_nonempty_mixit_matches_brute_force(rng: np.random.Generator) -> None:
+    refs = rng.normal(size=(4, 2, 300)).astype(np.float32)
+    est = rng.normal(size=(4, 4, 300)).astype(np.float32)
+    loss, mat = mixit(refs, est, allow_empty=False)
+    for b in range(4):
+        want_loss, want_mat = _brute_mixit(refs[b], est[b], allow_empty=False)
+        assert loss.numpy()[b] == pytest.approx(want_loss, abs=1e-3)
+        np.testing.assert_array_equal(mat.numpy()[b], want_mat)
+        assert np.all(mat.numpy()[b].sum(axis=1) >= 1)
+
+
+def test_a_collapsed_mom_has_a_gradient_only_without_empty_assignments(
+    rng: np.random.Generator,
+) -> None:
+    """Why the training option exists: estimates that sum to the MoM (mixture consistency) and
+    all belong to the loud mixture make "everything to the loud one" the MixIT argmin, whose
+    remix is the MoM itself, a constant: no gradient reaches the estimates."""
+    import tensorflow as tf
+
+    loud = rng.normal(size=(1, 800)).astype(np.float32)
+    quiet = 0.05 * rng.normal(size=(1, 800)).astype(np.float32)
+    refs = np.stack([loud, quiet], axis=1)  # (1, 2, T)
+    mom = loud + quiet
+    parts = rng.dirichlet(np.ones(4), size=1).astype(np.float32)[..., None]  # (1, 4, 1)
+    raw = tf.Variable(parts * mom[:, None, :])  # the model's sources before the projection
+
+    def grad_norm(allow_empty: bool) -> float:
+        with tf.GradientTape() as tape:
+            est = mixture_consistency(mom, raw, "uniform")
+            loss, mat = mixit(refs, est, allow_empty=allow_empty)
+        if allow_empty:
+            np.testing.assert_array_equal(mat.numpy()[0], [[1, 1, 1, 1], [0, 0, 0, 0]])
+        return float(tf.norm(tape.gradient(loss, raw)))
+
+    assert grad_norm(True) < 1e-6
+    assert grad_norm(False) > 1e-3
 
 
 @pytest.mark.parametrize("weights", [None, "uniform", "magsq", "array"])
