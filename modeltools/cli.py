@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from agent.errors import ChorusError
 from modeltools.evaluation import cli as evaluation_cli
@@ -522,31 +523,62 @@ def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.add_argument("--resample-hz", type=int, default=None, help="score at this rate (e.g. 16000)")
     p.add_argument("--write-examples", type=Path, default=None, help="folder for WAVs + PNGs")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--step", type=int, default=None, help="score checkpoint ckpt-STEP")
+    which.add_argument(
+        "--all-checkpoints",
+        action="store_true",
+        help="score every kept checkpoint (model selection: use with --split val)",
+    )
     return p
+
+
+def _print_momi(res: dict[str, Any]) -> None:
+    print(
+        f"eval-separator: {res['preset']} step {res['step']}: MoMi {res['momi_db']:.2f} dB "
+        f"(median {res['momi_median_db']:.2f}) on {res['examples']} {res['split']} MoMs "
+        f"at {res['sample_rate_hz']} Hz; {res['collapsed']} collapsed"
+    )
+    for r in res["by_level_gap"]:
+        m = "—" if r["momi_db"] is None else f"{r['momi_db']:.2f} dB"
+        print(
+            f"  level gap {r['level_gap']:<10} {r['examples']:3d} MoMs  MoMi {m:>9}  "
+            f"collapsed {r['collapsed']}"
+        )
 
 
 def _run_eval_separator(args: argparse.Namespace) -> int:
     _set_tf_threads(args.threads)
     import json
 
-    from modeltools.separation.evaluate import evaluate_run
+    from modeltools.separation.evaluate import evaluate_checkpoints, evaluate_run
+    from modeltools.separation.train import CKPT_DIR
 
-    res = evaluate_run(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        num_examples=args.examples,
-        seed=args.seed,
-        resample_hz=args.resample_hz,
-        examples_dir=args.write_examples,
-    )
+    common = {
+        "split": args.split,
+        "num_examples": args.examples,
+        "seed": args.seed,
+        "resample_hz": args.resample_hz,
+        "progress": sys.stderr.isatty(),
+    }
+    if args.all_checkpoints:
+        results = evaluate_checkpoints(args.checkpoint, args.data, **common)
+        for res in results:
+            _print_momi(res)
+        best = max(results, key=lambda r: r["momi_db"])
+        print(
+            f"eval-separator: best on {args.split}: step {best['step']} "
+            f"(MoMi {best['momi_db']:.2f} dB)"
+        )
+        out: Any = {"best_step": best["step"], "checkpoints": results}
+    else:
+        ckpt = args.checkpoint / CKPT_DIR / f"ckpt-{args.step}" if args.step is not None else None
+        out = evaluate_run(
+            args.checkpoint, args.data, examples_dir=args.write_examples, checkpoint=ckpt, **common
+        )
+        _print_momi(out)
     if args.json:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
-    print(
-        f"eval-separator: {res['preset']} step {res['step']}: MoMi {res['momi_db']:.2f} dB "
-        f"(median {res['momi_median_db']:.2f}) on {res['examples']} {res['split']} MoMs "
-        f"at {res['sample_rate_hz']} Hz"
-    )
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

@@ -4,15 +4,30 @@ mixture and its separated channels (the paper's Figure 1 style)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modeltools.separation.metrics import momi, momi_per_example, si_snri
+from modeltools.separation.metrics import (
+    LEVEL_GAP_BINS_DB,
+    momi,
+    momi_breakdown,
+    momi_per_example,
+    si_snri,
+)
 
-__all__ = ["evaluate_run", "momi", "momi_per_example", "si_snri", "write_examples"]
+__all__ = [
+    "evaluate_checkpoints",
+    "evaluate_run",
+    "momi",
+    "momi_per_example",
+    "si_snri",
+    "summarize",
+    "write_examples",
+]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +75,33 @@ def write_examples(
     return paths
 
 
+def summarize(per: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Mean/median MoMi, the collapsed MoMs and MoMi per level-gap range of a breakdown
+    (:func:`~modeltools.separation.metrics.momi_breakdown`, concatenated over batches)."""
+    m, col, gap = per["momi_db"], per["collapsed"], per["level_gap_db"]
+    edges = [0.0, *LEVEL_GAP_BINS_DB, np.inf]
+    ranges = []
+    for lo, hi in itertools.pairwise(edges):
+        sel = (gap >= lo) & (gap < hi)
+        label = f"{lo:g}-{hi:g} dB" if np.isfinite(hi) else f">= {lo:g} dB"
+        ranges.append(
+            {
+                "level_gap": label,
+                "examples": int(sel.sum()),
+                "momi_db": float(np.mean(m[sel])) if sel.any() else None,
+                "collapsed": int(col[sel].sum()),
+            }
+        )
+    return {
+        "examples": int(m.size),
+        "momi_db": float(np.mean(m)),
+        "momi_median_db": float(np.median(m)),
+        "collapsed": int(col.sum()),
+        "momi_not_collapsed_db": float(np.mean(m[~col])) if (~col).any() else None,
+        "by_level_gap": ranges,
+    }
+
+
 def evaluate_run(
     run_dir: str | Path,
     data: list[str | Path],
@@ -70,8 +112,11 @@ def evaluate_run(
     resample_hz: int | None = None,
     examples_dir: str | Path | None = None,
     num_written: int = 4,
+    checkpoint: str | Path | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """MoMi of the latest checkpoint in ``run_dir`` on ``num_examples`` MoMs of ``split``.
+    """MoMi of the latest checkpoint in ``run_dir`` (or of the ``checkpoint`` prefix) on
+    ``num_examples`` MoMs of ``split``, with the collapsed MoMs and MoMi per level gap.
 
     The model always runs at its own rate; ``resample_hz`` (e.g. 16000) resamples the MoM,
     references and estimates before scoring. ``examples_dir`` receives WAVs + PNGs of the
@@ -81,11 +126,17 @@ def evaluate_run(
     from modeltools.data.examples import SeparatorExamples
     from modeltools.separation.train import load_run
 
-    model, cfg, step = load_run(run_dir)
+    model, cfg, step = load_run(run_dir, checkpoint)
     datasets = [read_dataset(d) for d in data]
     source = SeparatorExamples(datasets, split, seed=seed)
-    scores, written = [], 0
-    for start in range(0, num_examples, batch_size):
+    parts: list[dict[str, np.ndarray]] = []
+    written = 0
+    starts = range(0, num_examples, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, unit="batch", desc=f"MoMi step {step}", leave=False)
+    for start in starts:
         exs = [source.example(i) for i in range(start, min(start + batch_size, num_examples))]
         mom = np.stack([e["mom"] for e in exs])
         refs = np.stack([e["mixtures"] for e in exs])
@@ -101,15 +152,38 @@ def evaluate_run(
             mom, refs, est = (
                 _resample(a, cfg.sample_rate_hz, resample_hz) for a in (mom, refs, est)
             )
-        scores.append(momi_per_example(refs, est, mom))
-    per = np.concatenate(scores)
+        parts.append(momi_breakdown(refs, est, mom))
+    per = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return {
         "run_dir": str(run_dir),
         "preset": cfg.name,
         "step": step,
         "split": split,
-        "examples": int(per.size),
+        "seed": seed,
         "sample_rate_hz": int(resample_hz or cfg.sample_rate_hz),
-        "momi_db": float(np.mean(per)),
-        "momi_median_db": float(np.median(per)),
+        **summarize(per),
     }
+
+
+def evaluate_checkpoints(
+    run_dir: str | Path, data: list[str | Path], progress: bool = False, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_run` on every checkpoint the run kept (oldest first): model selection
+    on a validation split (``split="val"``) before one test evaluation of the chosen step."""
+    import tensorflow as tf
+
+    from modeltools.separation.presets import SeparatorConfigError
+    from modeltools.separation.train import CKPT_DIR
+
+    state = tf.train.get_checkpoint_state(str(Path(run_dir) / CKPT_DIR))
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    if not paths:
+        raise SeparatorConfigError(f"{run_dir}: no checkpoints in {CKPT_DIR}/")
+    out = []
+    for path in paths:
+        res = evaluate_run(run_dir, data, checkpoint=path, progress=progress, **kwargs)
+        log.info(
+            "step %d: MoMi %.2f dB, %d collapsed", res["step"], res["momi_db"], res["collapsed"]
+        )
+        out.append(res)
+    return out

@@ -193,6 +193,29 @@ def test_failed_gate_writes_nothing(runs: dict[str, Path], tmp_path: Path) -> No
     assert not out.exists() and not list(tmp_path.iterdir())  # no temp folder left either
 
 
+def test_eval_separator_scores_every_checkpoint_and_one_step(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["--checkpoint", str(runs["sep"]), "--data", str(runs["corpus"]), "--examples", "4"]
+    out = tmp_path / "all.json"
+    assert (
+        main(["eval-separator", *common, "--split", "val", "--all-checkpoints", "--json", str(out)])
+        == 0
+    )
+    res = json.loads(out.read_text())
+    assert res["best_step"] == 2 and [r["step"] for r in res["checkpoints"]] == [2]
+    (one,) = res["checkpoints"]
+    assert one["split"] == "val" and one["examples"] == 4
+    assert sum(r["examples"] for r in one["by_level_gap"]) == 4
+    assert 0 <= one["collapsed"] <= 4
+    assert "best on val: step 2" in capsys.readouterr().out
+    # --step picks that checkpoint; a step that was not kept is one clear error.
+    assert main(["eval-separator", *common, "--step", "2"]) == 0
+    assert "step 2:" in capsys.readouterr().out
+    assert main(["eval-separator", *common, "--step", "7"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
 def test_existing_output_needs_force(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     code = main(
         [

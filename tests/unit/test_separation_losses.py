@@ -228,3 +228,33 @@ def test_si_snri_and_momi_of_a_perfect_separator(rng: np.random.Generator) -> No
     assert momi(refs, s) == pytest.approx(np.mean(want), abs=0.5)
     gain = si_snri(s[:, :1], s[:, :1], mom[:, None])
     assert gain.shape == (2, 1) and np.all(gain > 70)
+
+
+def test_momi_breakdown_flags_a_collapse_and_measures_the_level_gap(
+    rng: np.random.Generator,
+) -> None:
+    from modeltools.separation.evaluate import summarize
+    from modeltools.separation.metrics import momi_breakdown
+
+    s = rng.normal(size=(2, 4, 600)).astype(np.float32)
+    s[1, 2:] *= 0.1  # example 1: mixture 2 is 20 dB below mixture 1
+    refs = np.stack([s[:, 0] + s[:, 1], s[:, 2] + s[:, 3]], axis=1)
+    est = s.copy()
+    # Example 1 collapses: three outputs carry the whole MoM, the fourth is silent.
+    est[1] = 0.0
+    est[1, 0] = refs[1].sum(axis=0)
+    per = momi_breakdown(refs, est)
+    np.testing.assert_array_equal(per["collapsed"], [False, True])
+    powers = np.sum(refs.astype(np.float64) ** 2, axis=-1)
+    np.testing.assert_allclose(
+        per["level_gap_db"], np.abs(10 * np.log10(powers[:, 0] / powers[:, 1]))
+    )
+    assert per["level_gap_db"][1] == pytest.approx(20.0, abs=1.5)
+    np.testing.assert_allclose(per["momi_db"], momi_per_example(refs, est), atol=1e-4)
+    assert per["momi_db"][1] < -30  # the silent remix scores about -80 dB SI-SNR
+
+    summary = summarize(per)
+    assert summary["collapsed"] == 1 and summary["examples"] == 2
+    assert summary["momi_not_collapsed_db"] == pytest.approx(per["momi_db"][0])
+    assert sum(r["examples"] for r in summary["by_level_gap"]) == 2
+    assert [r["collapsed"] for r in summary["by_level_gap"]][-1] == 1  # the >= 12 dB range
