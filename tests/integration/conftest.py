@@ -397,3 +397,34 @@ def collector_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     for collector, store in made:
         collector.stop(timeout_s=5.0)
         store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The OTA harness's fixtures (test_ota.py, test_ota_agent.py; the harness is ota_harness.py)
+
+
+@pytest.fixture(scope="module")
+def audio() -> Any:
+    """The OTA tests' demo soundscape (150 s, seed 3), one per test module."""
+    from ota_harness import demo_audio
+
+    return demo_audio()
+
+
+@pytest.fixture(scope="module")
+def baseline(audio: Any) -> Any:
+    """The demo bundle's detections on ``audio`` without any update machinery."""
+    from ota_harness import baseline_detections
+
+    return baseline_detections(audio)
+
+
+@pytest.fixture
+def running(
+    mosquitto_broker: Any, tmp_path: Path, audio: Any, mqtt_subscriber: Callable
+) -> Iterator[Callable[..., Any]]:
+    """``running(**updates)`` starts a RunningAgent on ``audio``; all are stopped at the end."""
+    from ota_harness import agents
+
+    with agents(mosquitto_broker, tmp_path, audio, mqtt_subscriber) as start:
+        yield start

@@ -25,14 +25,11 @@ from mqtt_helpers import wait_until
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("cryptography")
 
-from test_ota import (  # the harness
+from ota_harness import (  # the harness
     DEMO,
     DEVICE,
     STATE_TOPIC,
     RunningAgent,
-    agents,
-    baseline_detections,
-    demo_audio,
     make_bundle,
     nan_separator,
 )
@@ -47,24 +44,6 @@ from agent.ota.transfer import TransferError, download
 from modeltools.ota.publish import PublishError, publish_rollback, publish_update
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def audio() -> np.ndarray:
-    return demo_audio()
-
-
-@pytest.fixture(scope="module")
-def baseline(audio: np.ndarray) -> list[Detection]:
-    return baseline_detections(audio)
-
-
-@pytest.fixture
-def running(
-    mosquitto_broker: Any, tmp_path: Path, audio: np.ndarray, mqtt_subscriber: Callable
-) -> Iterator[Callable[..., RunningAgent]]:
-    with agents(mosquitto_broker, tmp_path, audio, mqtt_subscriber) as start:
-        yield start
 
 
 def test_chorus_agent_run_takes_an_update_over_mqtt(
