@@ -7,6 +7,20 @@ import random
 from agent.config import BackoffConfig
 
 
+def backoff_delay_s(
+    attempt: int, initial_s: float, max_s: float, rng: random.Random, jitter: float = 0.5
+) -> float:
+    """Delay before attempt ``attempt`` (0-based): the ceiling doubles from ``initial_s`` up to
+    ``max_s``, and the delay is drawn uniformly from its top ``1 - jitter`` .. 1 share.
+
+    Jitter only shortens, so ``max_s`` stays a hard cap, and the delay still grows (no
+    hammering) while devices that lost the same broker spread out (no storms). ``jitter=0.5``
+    is "equal jitter" (MQTT reconnects, the collector); device reopening uses 0.25.
+    """
+    ceiling = min(max_s, initial_s * 2.0 ** min(attempt, 62))
+    return ceiling * (1.0 - jitter * rng.random())
+
+
 class Backoff:
     """Exponential back-off: ``initial_s * 2**k`` capped at ``max_s``, minus up to 25 % jitter."""
 
@@ -21,10 +35,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The wait before the next attempt; grows with each call until :meth:`reset`."""
-        base = min(self.max_s, self.initial_s * 2.0 ** min(self.attempts, 60))
+        delay = backoff_delay_s(self.attempts, self.initial_s, self.max_s, self._rng, self.jitter)
         self.attempts += 1
-        # Jitter only shortens, so max_s stays a hard cap; it spreads retries of many devices.
-        return base * (1.0 - self.jitter * self._rng.random())
+        return delay
 
     def reset(self) -> None:
         self.attempts = 0

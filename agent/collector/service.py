@@ -34,9 +34,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.backoff import backoff_delay_s
 from agent.collector.store import DetectionRow, DeviceUpdate, Reject, Store
 from agent.schemas import validator
-from agent.sinks.mqtt import backoff_delay_s
 from agent.topics import parse_device_topic
 
 log = logging.getLogger(__name__)

@@ -3,9 +3,9 @@
 All paho-mqtt specifics live in this module. The client runs paho's network thread
 (``connect_async`` + ``loop_start``), so start-up never blocks on a broker that is down; paho
 reconnects by itself, and this module replaces paho's fixed doubling delay with exponential
-back-off *with jitter* (:func:`backoff_delay_s`), so a fleet that lost its broker at the same
-instant does not come back in lock-step. QoS 1/2 messages published while offline stay in paho's
-memory and go out after the next CONNACK; memory is all paho has, so the outbox
+back-off *with jitter* (:func:`agent.backoff.backoff_delay_s`), so a fleet that lost its broker
+at the same instant does not come back in lock-step. QoS 1/2 messages published while offline
+stay in paho's memory and go out after the next CONNACK; memory is all paho has, so the outbox
 (:mod:`agent.outbox`) sits in front of :meth:`MqttSink.publish_bytes` and deletes a row only from
 the ``on_ack`` callback, which fires when the broker acknowledges the message (PUBACK for QoS 1).
 
@@ -30,12 +30,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from agent.backoff import backoff_delay_s
 from agent.config import MqttConfig, MqttTlsConfig
 from agent.credentials import CredentialError, check_private_file, mqtt_password
 from agent.detection.types import Detection
 from agent.topics import availability_topic, detections_topic
 
-__all__ = ["MqttSink", "MqttStats", "backoff_delay_s", "detections_topic"]
+__all__ = ["MqttSink", "MqttStats", "detections_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +68,6 @@ class MqttStats:
     connected: bool
     connect_failures: int  # attempts that could not reach the broker or were refused
     connects: int = 0  # successful connections (1 + reconnects)
-
-
-def backoff_delay_s(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
-    """Delay before reconnect attempt ``attempt`` (0-based): "equal jitter" back-off.
-
-    The ceiling doubles from ``initial_s`` up to ``max_s``; the delay is drawn uniformly from the
-    upper half of it, so it still grows (no hammering) but devices spread out (no storms).
-    """
-    ceiling = min(max_s, initial_s * 2.0 ** min(attempt, 62))
-    return rng.uniform(ceiling / 2.0, ceiling)
 
 
 def _paho_client(client_id: str) -> mqtt.Client:

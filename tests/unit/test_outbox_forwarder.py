@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.backoff import backoff_delay_s
 from agent.forwarder import Forwarder
 from agent.outbox import Outbox
-from agent.sinks.mqtt import backoff_delay_s
 
 Callback = Callable[[], None] | None
 
