@@ -186,8 +186,8 @@ def train(
     """Train to ``steps`` total steps; returns the last log row. See the module docstring.
 
     ``source`` (an :class:`~modeltools.data.pipeline.ExampleSource` with ``mom`` and
-    ``mixtures``) replaces the MoMs drawn from ``data`` (tests; custom data). Ctrl-C saves a
-    checkpoint at the current step before stopping.
+    ``mixtures``) replaces the MoMs drawn from ``data`` (tests; custom data). Ctrl-C or SIGTERM
+    saves a checkpoint at the current step before stopping.
     """
     from modeltools.data.dataset import read_dataset
     from modeltools.data.examples import SeparatorExamples
@@ -272,8 +272,11 @@ def train(
         bar = tqdm(total=steps, initial=start, unit="step", dynamic_ncols=True)
     nan_restores, window, t0, t_start = 0, [], time.monotonic(), time.monotonic()
     row: dict[str, Any] = {"step": start}
+    stop = _StopOnSigterm()
     try:
         while int(step.numpy()) < steps:
+            if stop.requested:
+                raise KeyboardInterrupt
             loss = float(train_step(next(it)))
             cur = int(step.numpy())
             if not math.isfinite(loss):
@@ -318,9 +321,35 @@ def train(
             manager.save(checkpoint_number=cur)
         log.warning("interrupted at step %d: checkpoint saved, resume with --resume", cur)
         row = {**row, "step": cur, "interrupted": True}
+    finally:
+        stop.restore()
     if bar is not None:
         bar.close()
     return row
+
+
+class _StopOnSigterm:
+    """SIGTERM (systemd, a batch scheduler, ``kill``) ends training like Ctrl-C does: at the next
+    step boundary, with a checkpoint. Background jobs started from a shell ignore SIGINT, so
+    SIGTERM is how such a run is stopped without losing the steps since the last checkpoint."""
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def pack_run(

@@ -87,6 +87,41 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path: Path) -> None:
         train(cfg, run_dir=run_a, steps=5, **kw)
 
 
+class _TermAt(ToyMoMs):
+    """ToyMoMs that sends this process SIGTERM when example ``at`` is drawn."""
+
+    def __init__(self, num_samples: int, at: int) -> None:
+        super().__init__(num_samples)
+        self.at = at
+
+    def example_list(self, index: int) -> list[np.ndarray]:
+        if index == self.at:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().example_list(index)
+
+
+def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+    cfg = get_preset("tiny")
+    kw = dict(data=[], strategy="cpu", val_examples=0, progress=False, checkpoint_every=100)
+    row = train(cfg, run_dir=tmp_path, steps=40, source=_TermAt(cfg.example_samples, 8), **kw)
+    assert row["interrupted"] is True
+    stopped = row["step"]
+    assert 0 < stopped < 40  # not a checkpoint step: saved because of the signal
+    _, _, step = load_run(tmp_path)
+    assert step == stopped
+    row = train(
+        cfg,
+        run_dir=tmp_path,
+        steps=stopped + 2,
+        resume=True,
+        source=ToyMoMs(cfg.example_samples),
+        **kw,
+    )
+    assert row["step"] == stopped + 2 and not row.get("interrupted")
+
+
 def test_one_step_lowers_the_loss(tmp_path: Path) -> None:
     from modeltools.separation.model import build_separator
 
