@@ -1,12 +1,13 @@
 """The classifier frontend in numpy/scipy: STFT magnitude -> 160 mel bands -> PCEN -> whitening.
 
 The same definition as ``modeltools.classifier.frontend`` (ALGORITHMS.md §2.1-2.3), written for
-the device (no TensorFlow). Per channel: one ``scipy.fft.rfft`` call over all frames (pocketfft
-in float32, ~4x faster than ``numpy.fft`` here), magnitudes only up to the highest bin a mel filter
-uses (929 of 1025 at a 10 kHz top edge), the mel projection as one float32 matrix product and
-PCEN with the **exact** recursive smoother (M_0 = E_0). Only ``scipy.fft`` is imported:
-``scipy.signal`` / ``scipy.sparse`` would add ~50 MB of resident memory to the agent for no
-measurable gain here (docs/performance.md).
+the device (no TensorFlow). Per channel: one ``numpy.fft.rfft`` call over all frames in
+**float64** (numpy's pocketfft is vectorised over rows only in double precision: its float32
+path is ~2.5x slower here), magnitudes only up to the highest bin a mel filter uses (929 of 1025
+at a 10 kHz top edge), the mel projection as one float32 matrix product and PCEN with the
+**exact** recursive smoother (M_0 = E_0). No SciPy: even ``scipy.fft`` costs the agent ~28 MB of
+resident memory on import (its array-API layer), a fifth of the 150 MB budget
+(docs/performance.md).
 Training uses the 256-tap FIR form of that smoother, which equals the recursion to float32
 rounding; ``tests/unit/test_frontend_numpy.py`` bounds the difference to the TensorFlow
 definition, so there is no silent train/serve skew.
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
 KIND = "mel-pcen-whiten"
 
@@ -97,7 +97,8 @@ class NumpyFrontend:
         self.frames = params.num_frames(num_samples)
         self.need = (self.frames - 1) * params.hop_samples + params.frame_samples
         n = params.frame_samples
-        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
+        # float64: the frames are windowed straight into the FFT's (double) input.
+        self.window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
         w = mel_weights(params)
         used = np.nonzero(w.any(axis=1))[0]
         # Bins above the last filter's upper edge feed nothing: skip their magnitudes.
@@ -119,8 +120,8 @@ class NumpyFrontend:
         frames = np.lib.stride_tricks.sliding_window_view(padded, p.frame_samples, axis=1)[
             :, :: p.hop_samples
         ][:, : self.frames]
-        spec = scipy.fft.rfft(frames * self.window, n=p.fft_length, axis=-1)[..., : self.bins]
-        mag = np.abs(spec).reshape(-1, self.bins)
+        spec = np.fft.rfft(frames * self.window, n=p.fft_length, axis=-1)[..., : self.bins]
+        mag = np.abs(spec).astype(np.float32).reshape(-1, self.bins)
         mel = mag @ self._mel  # float32 BLAS; a scipy.sparse product is no faster per channel
         return mel.reshape(*lead, self.frames, p.mel_bands)
 
