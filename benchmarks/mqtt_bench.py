@@ -13,7 +13,7 @@ folder, prints figures and exits. Not a test: nothing is asserted; compare runs 
 * ingest: N detections queued by the broker for an absent collector (persistent session),
   then the collector connects; detections/s until it has validated, de-duplicated and
   committed all of them (SQLite, and PostgreSQL when ``$CHORUS_COLLECTOR_DSN`` is set).
-* latency: the real pipeline (shipped demo bundle) on a real-time synthetic stream, every
+* latency: the real pipeline (shipped default bundle) on a real-time synthetic stream, every
   window reported (threshold 1 %, no merging); for each detection, the time from the end of its
   window (the moment its last sample was captured) to the broker's PUBACK, p50/p95/max.
 """
