@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ def export(opts: ExportOptions) -> dict[str, Any]:
             ref_out, sep_models, moms, refs, opts.input_peak, opts.tolerances
         )
         meta["separator_eval"] = f"{opts.eval_moms} MoMs of the test split, 5 s"
+        meta["separator_eval_moms"] = len(moms)
         meta["separator_source"] = {
             "run": str(opts.separator_run),
             "step": step,
@@ -227,8 +229,10 @@ def export(opts: ExportOptions) -> dict[str, Any]:
             problems.append(f"separator {opts.separator_flavour}: {why}")
         elif not row.passed:
             problems.append(
-                f"separator {row.flavour}: MoMi loss {row.momi_loss_db:.2f} dB > "
-                f"{opts.tolerances.max_momi_loss_db} dB"
+                f"separator {row.flavour}: MoMi loss {row.momi_same_assignment_loss_db:.2f} dB "
+                f"(at the Keras model's assignments) > {opts.tolerances.max_momi_loss_db} dB"
+                if math.isfinite(row.momi_same_assignment_loss_db)
+                else f"separator {row.flavour}: non-finite outputs"
             )
     crow = next((r for r in cls_rows if r.flavour == opts.classifier_flavour), None)
     if crow is None:

@@ -38,14 +38,26 @@ def momi_per_example(
 
 
 def momi_breakdown(
-    reference_mixtures: Any, estimates: Any, mom: Any = None, max_snr_db: float = 30.0
+    reference_mixtures: Any,
+    estimates: Any,
+    mom: Any = None,
+    max_snr_db: float = 30.0,
+    mixing: Any = None,
 ) -> dict[str, np.ndarray]:
     """Per-example MoMi ``(batch,)`` with what explains it: ``collapsed`` (the MixIT
     assignment gives one mixture no estimate at all, so its remix is silent and scores about
-    -80 dB SI-SNR) and ``level_gap_db`` (energy of the louder mixture over the quieter)."""
+    -80 dB SI-SNR), ``level_gap_db`` (energy of the louder mixture over the quieter) and
+    ``mixing`` (the assignment used, ``(batch, 2, M)``).
+
+    ``mixing`` given: score that assignment instead of searching one (e.g. a quantised model's
+    outputs remixed the way the float model's were, :mod:`modeltools.export.parity`).
+    """
     refs = tf.convert_to_tensor(reference_mixtures, tf.float32)
     x = tf.reduce_sum(refs, axis=1) if mom is None else tf.convert_to_tensor(mom, tf.float32)
-    _, mat = mixit(refs, estimates, max_snr_db)
+    if mixing is None:
+        _, mat = mixit(refs, estimates, max_snr_db)
+    else:
+        mat = tf.convert_to_tensor(mixing, tf.float32)
     remixed = tf.einsum("bim,bmt->bit", mat, tf.convert_to_tensor(estimates, tf.float32))
     gain = si_snr(remixed, refs) - si_snr(tf.expand_dims(x, 1), refs)
     power = np.sum(np.square(refs.numpy().astype(np.float64)), axis=-1) + 1e-12  # (B, 2)
@@ -53,6 +65,7 @@ def momi_breakdown(
         "momi_db": tf.reduce_mean(gain, axis=1).numpy(),
         "collapsed": np.any(mat.numpy().sum(axis=2) == 0, axis=1),
         "level_gap_db": np.abs(10 * np.log10(power[:, 0] / power[:, 1])),
+        "mixing": mat.numpy(),
     }
 
 

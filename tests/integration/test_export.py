@@ -133,6 +133,12 @@ def test_parity_report_covers_every_flavour_and_the_flavour_files(runs: dict[str
     assert set(sep) == set(cls) == {"float32", "dynamic", "int8"}
     # float32 is the Keras graph: near-identical outputs and no metric loss.
     assert sep["float32"]["output_snr_db"] > 60 and abs(sep["float32"]["momi_loss_db"]) < 1e-3
+    assert sep["float32"]["assignments_changed"] == 0
+    assert abs(sep["float32"]["momi_same_assignment_loss_db"]) < 1e-3
+    for row in sep.values():  # the gate's figure is Keras MoMi minus MoMi at Keras's assignments
+        want = report["separator"]["keras_momi_db"] - row["momi_same_assignment_db"]
+        assert row["momi_same_assignment_loss_db"] == pytest.approx(want, abs=1e-6)
+        assert 0 <= row["assignments_changed"] <= report["separator_eval_moms"]
     assert cls["float32"]["max_abs_logit_error"] < 1e-3 and cls["float32"]["top1_agreement"] == 1
     assert sep["int8"]["passed"] and cls["int8"]["passed"]
     assert "RFFT2D" not in cls["int8"]["ops"]  # the STFT lives in the shared float frontend
