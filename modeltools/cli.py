@@ -432,6 +432,12 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
         "so shorter crops buy more steps per CPU hour and it still runs on 5-s windows)",
     )
     p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start a new run from this run's latest weights (fine-tuning; same architecture)",
+    )
+    p.add_argument(
         "--mixit-nonempty",
         action="store_true",
         help="train with MixIT assignments that give both mixtures at least one output "
@@ -479,6 +485,7 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=sys.stderr.isatty(),
         resume_overrides={"learning_rate": args.lr, "lr_decay_steps": args.lr_decay_steps},
+        init_from=args.init_from,
     )
     print(f"train-separator: {args.out} at step {row.get('step')}: {row}")
     return 130 if row.get("interrupted") else 0

@@ -182,12 +182,15 @@ def train(
     progress: bool = True,
     source: Any = None,
     resume_overrides: dict[str, Any] | None = None,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train to ``steps`` total steps; returns the last log row. See the module docstring.
 
     ``source`` (an :class:`~modeltools.data.pipeline.ExampleSource` with ``mom`` and
     ``mixtures``) replaces the MoMs drawn from ``data`` (tests; custom data). Ctrl-C or SIGTERM
-    saves a checkpoint at the current step before stopping.
+    saves a checkpoint at the current step before stopping. ``init_from``: a run folder whose
+    latest weights start this (new) run — fine-tuning with another loss or schedule; the
+    architecture must be the same (optimizer state and step start afresh).
     """
     from modeltools.data.dataset import read_dataset
     from modeltools.data.examples import SeparatorExamples
@@ -232,6 +235,11 @@ def train(
         optimizer = _optimizer(cfg)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    if init_from is not None and not has_ckpt:
+        _init_weights(model, cfg, Path(init_from))
+        extra = {**cfg.extra, "init_from": str(init_from)}
+        cfg = replace(cfg, extra=extra)
+        save_config(cfg, run_dir)
     ckpt = make_checkpoint(model, optimizer, step)
     manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=max(1, keep_checkpoints))
     if manager.latest_checkpoint:
@@ -326,6 +334,26 @@ def train(
     if bar is not None:
         bar.close()
     return row
+
+
+# The fields that define the network's weights (the rest is training schedule and data).
+ARCHITECTURE_FIELDS = (
+    "window", "hop", "num_coeffs", "num_sources", "bottleneck", "hidden", "kernel_size",
+    "repeats", "blocks_per_repeat", "norm", "activation", "consistency",
+)  # fmt: skip
+
+
+def _init_weights(model: Separator, cfg: SeparatorConfig, init_from: Path) -> None:
+    """Copy the latest weights of run ``init_from`` into ``model`` (same architecture)."""
+    src, src_cfg, src_step = load_run(init_from)
+    diff = [f for f in ARCHITECTURE_FIELDS if getattr(src_cfg, f) != getattr(cfg, f)]
+    if diff:
+        raise SeparatorConfigError(
+            f"--init-from {init_from}: its architecture differs in "
+            + ", ".join(f"{f} ({getattr(src_cfg, f)!r} vs {getattr(cfg, f)!r})" for f in diff)
+        )
+    model.set_weights(src.get_weights())
+    log.info("initialised from %s (step %d)", init_from, src_step)
 
 
 class _StopOnSigterm:

@@ -122,6 +122,26 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes(tmp_path: Path) -
     assert row["step"] == stopped + 2 and not row.get("interrupted")
 
 
+def test_init_from_starts_a_new_run_from_another_runs_weights(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    cfg = get_preset("tiny")
+    kw = dict(data=[], strategy="cpu", val_examples=0, progress=False, checkpoint_every=1)
+    source = ToyMoMs(cfg.example_samples)
+    train(cfg, run_dir=tmp_path / "a", steps=2, source=source, **kw)
+    # lr 0: the new run's only step leaves the weights it started from untouched.
+    frozen = replace(cfg, learning_rate=0.0, mixit_allow_empty=False)
+    train(frozen, run_dir=tmp_path / "b", steps=1, source=source, init_from=tmp_path / "a", **kw)
+    (model_a, _, _), (model_b, cfg_b, step_b) = load_run(tmp_path / "a"), load_run(tmp_path / "b")
+    assert step_b == 1 and cfg_b.extra["init_from"] == str(tmp_path / "a")
+    assert cfg_b.mixit_allow_empty is False
+    for wa, wb in zip(_weights(model_a), _weights(model_b), strict=True):
+        np.testing.assert_allclose(wa, wb, atol=1e-7)
+    with pytest.raises(ConfigError, match="architecture differs in hidden"):
+        other = replace(cfg, hidden=cfg.hidden * 2)
+        train(other, run_dir=tmp_path / "c", steps=1, source=source, init_from=tmp_path / "a", **kw)
+
+
 def test_one_step_lowers_the_loss(tmp_path: Path) -> None:
     from modeltools.separation.model import build_separator
 
