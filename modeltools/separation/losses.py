@@ -97,12 +97,6 @@ def mixit(
     return tf.reduce_min(losses, axis=1), tf.gather(mats, best)
 
 
-def mixit_remix(reference_mixtures: Any, estimates: Any, max_snr_db: float = 30.0) -> tf.Tensor:
-    """The estimates remixed by the best MixIT assignment, ``(batch, 2, time)``."""
-    _, mat = mixit(reference_mixtures, estimates, max_snr_db)
-    return tf.einsum("bim,bmt->bit", mat, _t(estimates))
-
-
 def mixture_consistency(mixture: Any, sources: Any, weights: Any = None) -> tf.Tensor:
     """Project ``sources`` ``(batch, M, time)`` so they sum to ``mixture`` ``(batch, time)``.
 
