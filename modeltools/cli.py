@@ -443,6 +443,13 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
         help="train with MixIT assignments that give both mixtures at least one output "
         "(a MoM collapsed onto the louder mixture then still has a gradient); MoMi is unchanged",
     )
+    p.add_argument(
+        "--mom-levels",
+        choices=("natural", "random-peak"),
+        default=None,
+        help="levels of the two mixtures in a MoM: natural = x1 + x2 as recorded (SS-mixit; "
+        "default), random-peak = each at a random peak level (runs before 2026-12-04)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="(default: 200)")
     p.add_argument(
         "--keep-checkpoints",
@@ -469,6 +476,7 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         lr_decay_steps=args.lr_decay_steps,
         example_s=args.example_s,
         mixit_allow_empty=False if args.mixit_nonempty else None,
+        mom_levels=args.mom_levels,
     )
     row = train(
         cfg,
@@ -530,6 +538,13 @@ def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     p.add_argument("--resample-hz", type=int, default=None, help="score at this rate (e.g. 16000)")
     p.add_argument("--write-examples", type=Path, default=None, help="folder for WAVs + PNGs")
+    p.add_argument(
+        "--mom-levels",
+        choices=("natural", "random-peak"),
+        default="natural",
+        help="natural: MoM = x1 + x2 as recorded (SS-mixit; default); random-peak: each "
+        "mixture at a random peak level first (the protocol of evaluations before 2026-12-04)",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--step", type=int, default=None, help="score checkpoint ckpt-STEP")
     which.add_argument(
@@ -544,7 +559,8 @@ def _print_momi(res: dict[str, Any]) -> None:
     print(
         f"eval-separator: {res['preset']} step {res['step']}: MoMi {res['momi_db']:.2f} dB "
         f"(median {res['momi_median_db']:.2f}) on {res['examples']} {res['split']} MoMs "
-        f"at {res['sample_rate_hz']} Hz; {res['collapsed']} collapsed"
+        f"({res.get('mom_levels', 'random-peak')} levels) at {res['sample_rate_hz']} Hz; "
+        f"{res['collapsed']} collapsed"
     )
     for r in res["by_level_gap"]:
         m = "—" if r["momi_db"] is None else f"{r['momi_db']:.2f} dB"
@@ -567,6 +583,7 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "resample_hz": args.resample_hz,
         "progress": sys.stderr.isatty(),
+        "mom_levels": args.mom_levels,
     }
     if args.all_checkpoints:
         results = evaluate_checkpoints(args.checkpoint, args.data, **common)

@@ -244,11 +244,24 @@ class ClassifierExamples:
         return [np.asarray(ex[k], dtype=np.float32) for k in self.keys()]
 
 
+# How the two mixtures of a MoM get their levels:
+#   "natural"     — as recorded, x = x1 + x2 with no rescaling (SS-mixit, ALGORITHMS.md §1.7);
+#   "random-peak" — each mixture scaled to a random peak level U(peak) first (the classifier's
+#                   augmentation; used by runs before 2026-12-04: it makes 12+ dB level gaps
+#                   common, and MixIT then often gives the quieter mixture no output at all).
+MOM_LEVELS = ("natural", "random-peak")
+
+
 @dataclass(frozen=True)
 class SeparatorConfig:
     sample_rate_hz: int = 22050
     example_s: float = 5.0
+    levels: str = "natural"
     peak: tuple[float, float] = (0.05, 0.75)
+
+    def __post_init__(self) -> None:
+        if self.levels not in MOM_LEVELS:
+            raise DatasetError(f"MoM levels must be one of {MOM_LEVELS}, got {self.levels!r}")
 
     @property
     def example_samples(self) -> int:
@@ -256,7 +269,8 @@ class SeparatorConfig:
 
 
 class SeparatorExamples:
-    """MixIT training examples: two random 5-s crops (random peak level) and their sum."""
+    """MixIT training examples: two random crops of unlabelled windows and their sum (the MoM),
+    at their recorded levels or each at a random peak level (``cfg.levels``)."""
 
     def __init__(
         self,
@@ -296,7 +310,9 @@ class SeparatorExamples:
             crop, _ = random_crop(
                 read_segment(ref.path, ref.start, ref.end), self.cfg.example_samples, rng
             )
-            mixtures.append(peak_normalize(crop, rng, *self.cfg.peak)[0])
+            if self.cfg.levels == "random-peak":
+                crop = peak_normalize(crop, rng, *self.cfg.peak)[0]
+            mixtures.append(crop.astype(np.float32, copy=False))
         mom, stacked = make_mom(mixtures[0], mixtures[1])
         return {"mom": mom, "mixtures": stacked}
 

@@ -79,7 +79,7 @@ class ExportOptions:
 
 
 def _representative(datasets: Sequence[Any], n: int, seed: int) -> np.ndarray:
-    """``n`` single 5-s windows of the train split (random crops at random peak levels)."""
+    """``n`` single 5-s windows of the train split (random crops at their recorded levels)."""
     from modeltools.data.examples import SeparatorExamples
 
     src = SeparatorExamples(datasets, "train", seed=seed + 7919)

@@ -114,21 +114,25 @@ def evaluate_run(
     num_written: int = 4,
     checkpoint: str | Path | None = None,
     progress: bool = False,
+    mom_levels: str = "natural",
 ) -> dict[str, Any]:
     """MoMi of the latest checkpoint in ``run_dir`` (or of the ``checkpoint`` prefix) on
     ``num_examples`` MoMs of ``split``, with the collapsed MoMs and MoMi per level gap.
 
     The model always runs at its own rate; ``resample_hz`` (e.g. 16000) resamples the MoM,
     references and estimates before scoring. ``examples_dir`` receives WAVs + PNGs of the
-    first ``num_written`` MoMs.
+    first ``num_written`` MoMs. ``mom_levels``: ``"natural"`` (x1 + x2 as recorded, the
+    SS-mixit MoM) or ``"random-peak"`` (each mixture at a random peak level; the protocol of
+    the evaluations before 2026-12-04).
     """
     from modeltools.data.dataset import read_dataset
+    from modeltools.data.examples import SeparatorConfig as DataConfig
     from modeltools.data.examples import SeparatorExamples
     from modeltools.separation.train import load_run
 
     model, cfg, step = load_run(run_dir, checkpoint)
     datasets = [read_dataset(d) for d in data]
-    source = SeparatorExamples(datasets, split, seed=seed)
+    source = SeparatorExamples(datasets, split, cfg=DataConfig(levels=mom_levels), seed=seed)
     parts: list[dict[str, np.ndarray]] = []
     written = 0
     starts = range(0, num_examples, batch_size)
@@ -160,6 +164,7 @@ def evaluate_run(
         "step": step,
         "split": split,
         "seed": seed,
+        "mom_levels": mom_levels,
         "sample_rate_hz": int(resample_hz or cfg.sample_rate_hz),
         **summarize(per),
     }

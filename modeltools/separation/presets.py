@@ -22,6 +22,7 @@ class SeparatorConfigError(ConfigError):
 NORMS = ("instance_norm", "global_layer_norm", "layer_norm", "none")
 CONSISTENCY = ("pred_source", "uniform", "magsq", "none")
 ACTIVATIONS = ("prelu", "relu")
+MOM_LEVELS = ("natural", "random-peak")  # same as modeltools.data.examples.MOM_LEVELS (tested)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class SeparatorConfig:
     # estimate (losses.mixit); MoMi always searches all 2^M (ALGORITHMS.md §1.8).
     mixit_allow_empty: bool = True
     example_s: float = 5.0
+    # Levels of the two mixtures in a training / validation MoM (modeltools.data.examples
+    # MOM_LEVELS): "natural" = x1 + x2 as recorded (SS-mixit); "random-peak" = the older runs'.
+    mom_levels: str = "natural"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +85,10 @@ class SeparatorConfig:
             )
         if self.num_sources < 2:
             raise SeparatorConfigError("num_sources must be >= 2")
+        if self.mom_levels not in MOM_LEVELS:
+            raise SeparatorConfigError(
+                f"separator mom_levels must be one of {MOM_LEVELS}, got {self.mom_levels!r}"
+            )
 
     @property
     def dilations(self) -> list[int]:

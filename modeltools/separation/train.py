@@ -74,6 +74,8 @@ def load_config(run_dir: Path) -> SeparatorConfig:
             f"{run_dir}: no {CONFIG_NAME} (not a separator run folder)"
         ) from None
     known = {f.name for f in fields(SeparatorConfig)}
+    # Runs written before the field existed all trained on random-peak MoMs.
+    data.setdefault("mom_levels", "random-peak")
     return SeparatorConfig(**{k: v for k, v in data.items() if k in known})
 
 
@@ -140,13 +142,16 @@ class _Logger:
         self.writer.flush()
 
 
-def _validation_set(datasets: list[Any], num_examples: int, seed: int) -> tuple | None:
+def _validation_set(
+    datasets: list[Any], num_examples: int, seed: int, levels: str = "natural"
+) -> tuple | None:
+    from modeltools.data.examples import SeparatorConfig as DataConfig
     from modeltools.data.examples import SeparatorExamples
 
     if num_examples <= 0:
         return None
     try:
-        source = SeparatorExamples(datasets, "val", seed=seed)
+        source = SeparatorExamples(datasets, "val", cfg=DataConfig(levels=levels), seed=seed)
     except ChorusError as exc:
         log.warning("no validation MoMs (%s): skipping validation MoMi", exc)
         return None
@@ -216,15 +221,12 @@ def train(
         + "\n"
     )
     moms = max(1, cfg.batch_size // 2)  # batch_size counts single mixtures (SS-mixit: 6 -> 3)
-    if cfg.example_s != 5.0:
-        from modeltools.data.examples import SeparatorConfig as DataConfig
+    from modeltools.data.examples import SeparatorConfig as DataConfig
 
-        data_cfg = DataConfig(example_s=cfg.example_s)
-    else:
-        data_cfg = None
+    data_cfg = DataConfig(example_s=cfg.example_s, levels=cfg.mom_levels)
     if source is None:
         source = SeparatorExamples(datasets, "train", cfg=data_cfg, seed=seed)
-    val = _validation_set(datasets, val_examples, seed + 1) if datasets else None
+    val = _validation_set(datasets, val_examples, seed + 1, cfg.mom_levels) if datasets else None
 
     strat = make_strategy(strategy, tpu)
     import keras

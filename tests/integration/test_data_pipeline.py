@@ -204,8 +204,36 @@ def test_separator_examples_are_mixtures_of_mixtures(corpus: Path) -> None:
     ex = src.example(3)
     assert ex["mixtures"].shape == (2, 110250)
     np.testing.assert_allclose(ex["mom"], ex["mixtures"].sum(axis=0), atol=1e-6)
-    peaks = np.max(np.abs(ex["mixtures"]), axis=1)
+    # Natural levels (SS-mixit: x = x1 + x2, no rescaling): every mixture is a verbatim crop
+    # of one of the source windows' audio.
+    for mixture in ex["mixtures"]:
+        assert any(_is_crop_of(mixture, w) for w in src.windows)
+
+
+def _is_crop_of(mixture: np.ndarray, ref: WindowRef) -> bool:
+    from modeltools.data.audio_io import read_segment
+
+    audio = read_segment(ref.path, ref.start, ref.end)
+    long, short = (audio, mixture) if audio.shape[0] >= mixture.shape[0] else (mixture, audio)
+    k = int(np.argmax(np.abs(short)))  # windows shorter than the crop are zero-padded
+    n = short.shape[0]
+    starts = np.flatnonzero(long == short[k]) - k
+    return any(
+        0 <= s <= long.shape[0] - n and np.array_equal(long[s : s + n], short) for s in starts
+    )
+
+
+def test_separator_examples_random_peak_levels(corpus: Path) -> None:
+    from modeltools.data.dataset import DatasetError
+    from modeltools.data.examples import SeparatorConfig
+
+    ds = read_dataset(corpus)
+    src = SeparatorExamples([ds], "train", cfg=SeparatorConfig(levels="random-peak"), seed=1)
+    peaks = np.stack([np.max(np.abs(src.example(i)["mixtures"]), axis=1) for i in range(6)])
     assert np.all((peaks >= 0.05) & (peaks <= 0.75))
+    assert np.ptp(peaks) > 0.05  # levels really drawn, not one constant
+    with pytest.raises(DatasetError, match="MoM levels must be one of"):
+        SeparatorConfig(levels="loud")
 
 
 @pytest.mark.needs_tf

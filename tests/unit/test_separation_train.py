@@ -280,3 +280,22 @@ def test_pack_keeps_the_model_weights_without_optimizer_state(tmp_path: Path) ->
         pack_run(run, out)
     with pytest.raises(ConfigError, match="no checkpoint"):
         load_run(run, run / "checkpoints" / "ckpt-99")
+
+
+def test_mom_levels_are_recorded_and_old_runs_read_as_random_peak(tmp_path: Path) -> None:
+    from modeltools.data.examples import MOM_LEVELS
+    from modeltools.separation import presets
+    from modeltools.separation.train import load_config, save_config
+
+    assert presets.MOM_LEVELS == MOM_LEVELS  # one vocabulary for the run config and the data
+    assert get_preset("edge").mom_levels == "natural"  # SS-mixit: x = x1 + x2, no rescaling
+    with pytest.raises(ConfigError, match="mom_levels must be one of"):
+        get_preset("edge", mom_levels="loud")
+    save_config(get_preset("tiny", mom_levels="random-peak"), tmp_path)
+    assert load_config(tmp_path).mom_levels == "random-peak"
+    save_config(get_preset("tiny"), tmp_path)
+    assert load_config(tmp_path).mom_levels == "natural"
+    legacy = json.loads((tmp_path / "config.json").read_text())
+    del legacy["mom_levels"]  # a run folder written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    assert load_config(tmp_path).mom_levels == "random-peak"
