@@ -79,10 +79,16 @@ class ExportOptions:
 
 
 def _representative(datasets: Sequence[Any], n: int, seed: int) -> np.ndarray:
-    """``n`` single 5-s windows of the train split (random crops at their recorded levels)."""
-    from modeltools.data.examples import SeparatorExamples
+    """``n`` single 5-s windows of the train split, each at a random peak level.
 
-    src = SeparatorExamples(datasets, "train", seed=seed + 7919)
+    Random levels on purpose: the calibration then covers quiet and loud windows (the
+    classifier sees raw levels; the separator's input is peak-scaled anyway), and it stays the
+    calibration set the shipped bundle was made with (docs/export.md).
+    """
+    from modeltools.data.examples import SeparatorConfig, SeparatorExamples
+
+    cfg = SeparatorConfig(levels="random-peak")
+    src = SeparatorExamples(datasets, "train", cfg=cfg, seed=seed + 7919)
     return np.stack([src.example(i)["mixtures"][0] for i in range(n)]).astype(np.float32)
 
 
