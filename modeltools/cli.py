@@ -525,6 +525,18 @@ def _run_pack_separator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window_kinds(text: str) -> tuple[str, ...]:
+    from modeltools.data.examples import WINDOW_KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in WINDOW_KINDS]
+    if bad or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown window kind(s) {', '.join(bad) or '(none)'}; known: {', '.join(WINDOW_KINDS)}"
+        )
+    return kinds
+
+
 def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("eval-separator", help="MoMi of a trained separator on held-out MoMs")
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder of train-separator")
@@ -545,6 +557,14 @@ def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         help="natural: MoM = x1 + x2 as recorded (SS-mixit; default); random-peak: each "
         "mixture at a random peak level first (the protocol of evaluations before 2026-12-04)",
     )
+    p.add_argument(
+        "--windows",
+        type=_window_kinds,
+        default=None,
+        help="recording kinds to draw mixtures from, comma list of focal, soundscape, "
+        "unlabelled (default: all; e.g. soundscape to select checkpoints on what the test "
+        "split of a synthetic corpus holds)",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--step", type=int, default=None, help="score checkpoint ckpt-STEP")
     which.add_argument(
@@ -559,7 +579,8 @@ def _print_momi(res: dict[str, Any]) -> None:
     print(
         f"eval-separator: {res['preset']} step {res['step']}: MoMi {res['momi_db']:.2f} dB "
         f"(median {res['momi_median_db']:.2f}) on {res['examples']} {res['split']} MoMs "
-        f"({res.get('mom_levels', 'random-peak')} levels) at {res['sample_rate_hz']} Hz; "
+        f"({res.get('mom_levels', 'random-peak')} levels; {'+'.join(res.get('windows', []))} "
+        f"windows) at {res['sample_rate_hz']} Hz; "
         f"{res['collapsed']} collapsed"
     )
     for r in res["by_level_gap"]:
@@ -584,6 +605,7 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
         "resample_hz": args.resample_hz,
         "progress": sys.stderr.isatty(),
         "mom_levels": args.mom_levels,
+        "windows": args.windows,
     }
     if args.all_checkpoints:
         results = evaluate_checkpoints(args.checkpoint, args.data, **common)

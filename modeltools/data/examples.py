@@ -86,10 +86,23 @@ def labelled_windows(
     return out
 
 
+# Recording kinds that give separator windows (focal: activity windows; the others: tiled).
+WINDOW_KINDS = ("focal", "soundscape", "unlabelled")
+
+
 def unlabelled_windows(
-    datasets: Sequence[Dataset], split: str, window_s: float = PAPER_INTERVAL_S
+    datasets: Sequence[Dataset],
+    split: str,
+    window_s: float = PAPER_INTERVAL_S,
+    kinds: Sequence[str] = WINDOW_KINDS,
 ) -> list[WindowRef]:
-    """Separator windows: focal activity windows plus soundscapes/unlabelled files tiled."""
+    """Separator windows of the recordings of ``kinds``: their activity windows (windows.csv;
+    focal recordings in a synthetic corpus) plus soundscape/unlabelled recordings tiled."""
+    bad = sorted(set(kinds) - set(WINDOW_KINDS))
+    if bad or not kinds:
+        raise DatasetError(
+            f"window kinds must be among {WINDOW_KINDS}, got {', '.join(bad) or '(none)'}"
+        )
     out = []
     for ds in datasets:
         recs = ds.by_id()
@@ -97,10 +110,11 @@ def unlabelled_windows(
         if path.is_file():
             for w in read_windows_csv(path):
                 rec = recs.get(w.recording_id)
-                if rec is not None and rec.split == split:
+                if rec is not None and rec.split == split and rec.kind in kinds:
                     out.append(WindowRef(ds.path(rec), w.start_sample, w.end_sample))
         n = int(window_s * ds.sample_rate_hz)
-        for rec in ds.select(split=split, kinds=("soundscape", "unlabelled")):
+        tiled = tuple(k for k in ("soundscape", "unlabelled") if k in kinds)
+        for rec in ds.select(split=split, kinds=tiled) if tiled else ():
             starts = list(range(0, max(rec.num_samples - n, 0) + 1, n))
             if rec.num_samples - (starts[-1] + n) >= ds.sample_rate_hz:  # >= 1 s left over
                 starts.append(rec.num_samples - n)  # one more window, flush with the end
@@ -279,12 +293,17 @@ class SeparatorExamples:
         cfg: SeparatorConfig | None = None,
         seed: int = 0,
         windows: Sequence[WindowRef] | None = None,
+        kinds: Sequence[str] = WINDOW_KINDS,
     ) -> None:
         self.cfg = cfg or SeparatorConfig()
         self.split, self.seed = split, seed
-        self.windows = list(windows) if windows is not None else unlabelled_windows(datasets, split)
+        self.windows = (
+            list(windows)
+            if windows is not None
+            else unlabelled_windows(datasets, split, kinds=kinds)
+        )
         if not self.windows:
-            raise DatasetError(f"no windows for split {split!r}")
+            raise DatasetError(f"no windows of {', '.join(kinds)} for split {split!r}")
         self._order = _EpochOrder(len(self.windows), seed_words(seed, split, "separator", 0))
 
     def __len__(self) -> int:

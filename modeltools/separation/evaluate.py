@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ def evaluate_run(
     checkpoint: str | Path | None = None,
     progress: bool = False,
     mom_levels: str = "natural",
+    windows: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """MoMi of the latest checkpoint in ``run_dir`` (or of the ``checkpoint`` prefix) on
     ``num_examples`` MoMs of ``split``, with the collapsed MoMs and MoMi per level gap.
@@ -123,16 +125,20 @@ def evaluate_run(
     references and estimates before scoring. ``examples_dir`` receives WAVs + PNGs of the
     first ``num_written`` MoMs. ``mom_levels``: ``"natural"`` (x1 + x2 as recorded, the
     SS-mixit MoM) or ``"random-peak"`` (each mixture at a random peak level; the protocol of
-    the evaluations before 2026-12-04).
+    the evaluations before 2026-12-04). ``windows``: recording kinds to draw the mixtures from
+    (e.g. ``["soundscape"]``; default all of ``modeltools.data.examples.WINDOW_KINDS``).
     """
     from modeltools.data.dataset import read_dataset
+    from modeltools.data.examples import WINDOW_KINDS, SeparatorExamples
     from modeltools.data.examples import SeparatorConfig as DataConfig
-    from modeltools.data.examples import SeparatorExamples
     from modeltools.separation.train import load_run
 
     model, cfg, step = load_run(run_dir, checkpoint)
     datasets = [read_dataset(d) for d in data]
-    source = SeparatorExamples(datasets, split, cfg=DataConfig(levels=mom_levels), seed=seed)
+    kinds = tuple(windows) if windows else WINDOW_KINDS
+    source = SeparatorExamples(
+        datasets, split, cfg=DataConfig(levels=mom_levels), seed=seed, kinds=kinds
+    )
     parts: list[dict[str, np.ndarray]] = []
     written = 0
     starts = range(0, num_examples, batch_size)
@@ -165,6 +171,7 @@ def evaluate_run(
         "split": split,
         "seed": seed,
         "mom_levels": mom_levels,
+        "windows": list(kinds),
         "sample_rate_hz": int(resample_hz or cfg.sample_rate_hz),
         **summarize(per),
     }

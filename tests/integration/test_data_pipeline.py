@@ -223,6 +223,24 @@ def _is_crop_of(mixture: np.ndarray, ref: WindowRef) -> bool:
     )
 
 
+def test_separator_windows_by_recording_kind(corpus: Path) -> None:
+    from modeltools.data.dataset import DatasetError
+    from modeltools.data.examples import unlabelled_windows
+
+    ds = read_dataset(corpus)
+    kind = {ds.path(r).name: r.kind for r in ds.recordings}
+    every = unlabelled_windows([ds], "train")
+    scapes = unlabelled_windows([ds], "train", kinds=["soundscape"])
+    focal = unlabelled_windows([ds], "train", kinds=["focal"])
+    assert scapes and focal and len(scapes) + len(focal) == len(every)
+    assert {kind[w.path.name] for w in scapes} == {"soundscape"}
+    assert {kind[w.path.name] for w in focal} == {"focal"}
+    src = SeparatorExamples([ds], "train", seed=1, kinds=["soundscape"])
+    assert all(any(_is_crop_of(m, w) for w in scapes) for m in src.example(0)["mixtures"])
+    with pytest.raises(DatasetError, match="window kinds must be among"):
+        unlabelled_windows([ds], "train", kinds=["birdsong"])
+
+
 def test_separator_examples_random_peak_levels(corpus: Path) -> None:
     from modeltools.data.dataset import DatasetError
     from modeltools.data.examples import SeparatorConfig

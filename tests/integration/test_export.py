@@ -220,6 +220,13 @@ def test_eval_separator_scores_every_checkpoint_and_one_step(
     assert "step 2:" in capsys.readouterr().out
     assert main(["eval-separator", *common, "--step", "7"]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+    # --windows / --mom-levels choose the MoM population and are recorded.
+    one_json = tmp_path / "one.json"
+    args = ["--windows", "soundscape", "--mom-levels", "random-peak", "--json", str(one_json)]
+    assert main(["eval-separator", *common, *args]) == 0
+    res = json.loads(one_json.read_text())
+    assert (res["windows"], res["mom_levels"]) == (["soundscape"], "random-peak")
+    assert "(random-peak levels; soundscape windows)" in capsys.readouterr().out
 
 
 def test_existing_output_needs_force(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
