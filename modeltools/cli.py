@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ChorusError
+from modeltools.argtypes import comma_list
 from modeltools.evaluation import cli as evaluation_cli
 from modeltools.export import cli as export_cli
 from modeltools.ota import cli as ota_cli
@@ -393,7 +394,7 @@ def _set_tf_threads(threads: int | None) -> None:
 
 
 def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from modeltools.separation.presets import PRESETS
+    from modeltools.separation.presets import MOM_LEVELS, PRESETS
 
     p = sub.add_parser("train-separator", help="train a MixIT separator (resumable)")
     p.add_argument("--preset", default="edge", choices=sorted(PRESETS), help="(default: edge)")
@@ -445,7 +446,7 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     )
     p.add_argument(
         "--mom-levels",
-        choices=("natural", "random-peak"),
+        choices=MOM_LEVELS,
         default=None,
         help="levels of the two mixtures in a MoM: natural = x1 + x2 as recorded (SS-mixit; "
         "default), random-peak = each at a random peak level (runs before 2026-12-04)",
@@ -526,18 +527,14 @@ def _run_pack_separator(args: argparse.Namespace) -> int:
 
 
 def _window_kinds(text: str) -> tuple[str, ...]:
-    from modeltools.data.examples import WINDOW_KINDS
+    from modeltools.data.examples import WINDOW_KINDS  # lazy: the data stack is slow to import
 
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    bad = [k for k in kinds if k not in WINDOW_KINDS]
-    if bad or not kinds:
-        raise argparse.ArgumentTypeError(
-            f"unknown window kind(s) {', '.join(bad) or '(none)'}; known: {', '.join(WINDOW_KINDS)}"
-        )
-    return kinds
+    return comma_list(WINDOW_KINDS, "window kind")(text)
 
 
 def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from modeltools.separation.presets import MOM_LEVELS
+
     p = sub.add_parser("eval-separator", help="MoMi of a trained separator on held-out MoMs")
     p.add_argument("--checkpoint", type=Path, required=True, help="run folder of train-separator")
     p.add_argument(
@@ -552,7 +549,7 @@ def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     p.add_argument("--write-examples", type=Path, default=None, help="folder for WAVs + PNGs")
     p.add_argument(
         "--mom-levels",
-        choices=("natural", "random-peak"),
+        choices=MOM_LEVELS,
         default="natural",
         help="natural: MoM = x1 + x2 as recorded (SS-mixit; default); random-peak: each "
         "mixture at a random peak level first (the protocol of evaluations before 2026-12-04)",
@@ -579,7 +576,7 @@ def _print_momi(res: dict[str, Any]) -> None:
     print(
         f"eval-separator: {res['preset']} step {res['step']}: MoMi {res['momi_db']:.2f} dB "
         f"(median {res['momi_median_db']:.2f}) on {res['examples']} {res['split']} MoMs "
-        f"({res.get('mom_levels', 'random-peak')} levels; {'+'.join(res.get('windows', []))} "
+        f"({res['mom_levels']} levels; {'+'.join(res['windows'])} "
         f"windows) at {res['sample_rate_hz']} Hz; "
         f"{res['collapsed']} collapsed"
     )

@@ -40,6 +40,7 @@ from modeltools.data.noise import synthetic_noise
 from modeltools.data.splits import noise_pool, seed_words
 from modeltools.data.taxonomy import HEADS, Taxonomy
 from modeltools.data.windows import WINDOWS_NAME, read_windows_csv
+from modeltools.separation.presets import MOM_LEVELS
 
 log = logging.getLogger(__name__)
 
@@ -256,14 +257,6 @@ class ClassifierExamples:
     def example_list(self, index: int) -> list[np.ndarray]:
         ex = self.example(index)
         return [np.asarray(ex[k], dtype=np.float32) for k in self.keys()]
-
-
-# How the two mixtures of a MoM get their levels:
-#   "natural"     — as recorded, x = x1 + x2 with no rescaling (SS-mixit, ALGORITHMS.md §1.7);
-#   "random-peak" — each mixture scaled to a random peak level U(peak) first (the classifier's
-#                   augmentation; used by runs before 2026-12-04: it makes 12+ dB level gaps
-#                   common, and MixIT then often gives the quieter mixture no output at all).
-MOM_LEVELS = ("natural", "random-peak")
 
 
 @dataclass(frozen=True)

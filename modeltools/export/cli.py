@@ -6,18 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from modeltools.argtypes import comma_list
 from modeltools.export.convert import FLAVOURS, ExportError
 from modeltools.export.parity import DEFAULT_MAX_CMAP_LOSS, DEFAULT_MAX_MOMI_LOSS_DB, Tolerances
 
-
-def _flavours(text: str) -> tuple[str, ...]:
-    out = tuple(f.strip() for f in text.split(",") if f.strip())
-    bad = [f for f in out if f not in FLAVOURS]
-    if bad or not out:
-        raise argparse.ArgumentTypeError(
-            f"unknown flavour(s) {', '.join(bad) or '(none)'}; known: {', '.join(FLAVOURS)}"
-        )
-    return out
+_flavours = comma_list(FLAVOURS, "flavour")
 
 
 def _add_gate_options(p: argparse.ArgumentParser) -> None:

@@ -22,7 +22,12 @@ class SeparatorConfigError(ConfigError):
 NORMS = ("instance_norm", "global_layer_norm", "layer_norm", "none")
 CONSISTENCY = ("pred_source", "uniform", "magsq", "none")
 ACTIVATIONS = ("prelu", "relu")
-MOM_LEVELS = ("natural", "random-peak")  # same as modeltools.data.examples.MOM_LEVELS (tested)
+# How the two mixtures of a MoM get their levels (modeltools.data.examples, run configs, CLI):
+#   "natural"     — as recorded, x = x1 + x2 with no rescaling (SS-mixit, ALGORITHMS.md §1.7);
+#   "random-peak" — each mixture scaled to a random peak level first (the classifier's
+#                   augmentation; used by runs before 2026-12-04: it makes 12+ dB level gaps
+#                   common, and MixIT then often gives the quieter mixture no output at all).
+MOM_LEVELS = ("natural", "random-peak")
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,7 @@ class SeparatorConfig:
     # estimate (losses.mixit); MoMi always searches all 2^M (ALGORITHMS.md §1.8).
     mixit_allow_empty: bool = True
     example_s: float = 5.0
-    # Levels of the two mixtures in a training / validation MoM (modeltools.data.examples
-    # MOM_LEVELS): "natural" = x1 + x2 as recorded (SS-mixit); "random-peak" = the older runs'.
+    # Levels of the two mixtures in a training / validation MoM (MOM_LEVELS above).
     mom_levels: str = "natural"
     extra: dict[str, Any] = field(default_factory=dict)
 
