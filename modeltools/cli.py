@@ -451,6 +451,14 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
         help="levels of the two mixtures in a MoM: natural = x1 + x2 as recorded (SS-mixit; "
         "default), random-peak = each at a random peak level (runs before 2026-12-04)",
     )
+    p.add_argument(
+        "--windows",
+        type=_window_kinds,
+        default=None,
+        help="recording kinds to draw training and validation mixtures from, comma list of "
+        "focal, soundscape, unlabelled (default: all; soundscape matches the test split of a "
+        "synthetic corpus)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="(default: 200)")
     p.add_argument(
         "--keep-checkpoints",
@@ -478,6 +486,7 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         example_s=args.example_s,
         mixit_allow_empty=False if args.mixit_nonempty else None,
         mom_levels=args.mom_levels,
+        windows=args.windows,
     )
     row = train(
         cfg,
@@ -527,7 +536,7 @@ def _run_pack_separator(args: argparse.Namespace) -> int:
 
 
 def _window_kinds(text: str) -> tuple[str, ...]:
-    from modeltools.data.examples import WINDOW_KINDS  # lazy: the data stack is slow to import
+    from modeltools.separation.presets import WINDOW_KINDS  # pure Python: cheap to import
 
     return comma_list(WINDOW_KINDS, "window kind")(text)
 

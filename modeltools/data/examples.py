@@ -40,7 +40,7 @@ from modeltools.data.noise import synthetic_noise
 from modeltools.data.splits import noise_pool, seed_words
 from modeltools.data.taxonomy import HEADS, Taxonomy
 from modeltools.data.windows import WINDOWS_NAME, read_windows_csv
-from modeltools.separation.presets import MOM_LEVELS
+from modeltools.separation.presets import MOM_LEVELS, WINDOW_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,6 @@ def labelled_windows(
                 WindowRef(ds.path(rec), w.start_sample, w.end_sample, rec.primary, rec.background)
             )
     return out
-
-
-# Recording kinds that give separator windows (focal: activity windows; the others: tiled).
-WINDOW_KINDS = ("focal", "soundscape", "unlabelled")
 
 
 def unlabelled_windows(

@@ -126,10 +126,11 @@ def evaluate_run(
     first ``num_written`` MoMs. ``mom_levels``: ``"natural"`` (x1 + x2 as recorded, the
     SS-mixit MoM) or ``"random-peak"`` (each mixture at a random peak level; the protocol of
     the evaluations before 2026-12-04). ``windows``: recording kinds to draw the mixtures from
-    (e.g. ``["soundscape"]``; default all of ``modeltools.data.examples.WINDOW_KINDS``).
+    (e.g. ``["soundscape"]``; default all of ``modeltools.separation.presets.WINDOW_KINDS``).
     """
     from modeltools.data.dataset import read_dataset
-    from modeltools.data.examples import WINDOW_KINDS, SeparatorExamples
+    from modeltools.data.examples import SeparatorExamples
+    from modeltools.separation.presets import WINDOW_KINDS
     from modeltools.data.examples import SeparatorConfig as DataConfig
     from modeltools.separation.train import load_run
 

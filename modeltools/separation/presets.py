@@ -28,6 +28,9 @@ ACTIVATIONS = ("prelu", "relu")
 #                   augmentation; used by runs before 2026-12-04: it makes 12+ dB level gaps
 #                   common, and MixIT then often gives the quieter mixture no output at all).
 MOM_LEVELS = ("natural", "random-peak")
+# Recording kinds that give separator windows (modeltools.data.examples; focal: activity windows,
+# the others tiled). A run trains and validates on the kinds in its ``windows`` field.
+WINDOW_KINDS = ("focal", "soundscape", "unlabelled")
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class SeparatorConfig:
     example_s: float = 5.0
     # Levels of the two mixtures in a training / validation MoM (MOM_LEVELS above).
     mom_levels: str = "natural"
+    # Recording kinds the training and validation MoMs are drawn from (WINDOW_KINDS above).
+    # ("soundscape",) matches the synthetic corpus' test split, which holds soundscapes only.
+    windows: tuple[str, ...] = WINDOW_KINDS
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +95,12 @@ class SeparatorConfig:
             )
         if self.num_sources < 2:
             raise SeparatorConfigError("num_sources must be >= 2")
+        object.__setattr__(self, "windows", tuple(self.windows))  # JSON gives a list
+        bad = sorted(set(self.windows) - set(WINDOW_KINDS))
+        if bad or not self.windows:
+            raise SeparatorConfigError(
+                f"separator windows must be among {WINDOW_KINDS}, got {', '.join(bad) or '(none)'}"
+            )
         if self.mom_levels not in MOM_LEVELS:
             raise SeparatorConfigError(
                 f"separator mom_levels must be one of {MOM_LEVELS}, got {self.mom_levels!r}"

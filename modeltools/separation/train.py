@@ -26,7 +26,12 @@ from agent.errors import ChorusError
 from modeltools.separation.losses import mixit
 from modeltools.separation.metrics import momi_per_example
 from modeltools.separation.model import Separator, build_separator
-from modeltools.separation.presets import SeparatorConfig, SeparatorConfigError, get_preset
+from modeltools.separation.presets import (
+    WINDOW_KINDS,
+    SeparatorConfig,
+    SeparatorConfigError,
+    get_preset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +148,11 @@ class _Logger:
 
 
 def _validation_set(
-    datasets: list[Any], num_examples: int, seed: int, levels: str = "natural"
+    datasets: list[Any],
+    num_examples: int,
+    seed: int,
+    levels: str = "natural",
+    kinds: tuple[str, ...] = WINDOW_KINDS,
 ) -> tuple | None:
     from modeltools.data.examples import SeparatorConfig as DataConfig
     from modeltools.data.examples import SeparatorExamples
@@ -151,7 +160,9 @@ def _validation_set(
     if num_examples <= 0:
         return None
     try:
-        source = SeparatorExamples(datasets, "val", cfg=DataConfig(levels=levels), seed=seed)
+        source = SeparatorExamples(
+            datasets, "val", cfg=DataConfig(levels=levels), seed=seed, kinds=kinds
+        )
     except ChorusError as exc:
         log.warning("no validation MoMs (%s): skipping validation MoMi", exc)
         return None
@@ -225,8 +236,12 @@ def train(
 
     data_cfg = DataConfig(example_s=cfg.example_s, levels=cfg.mom_levels)
     if source is None:
-        source = SeparatorExamples(datasets, "train", cfg=data_cfg, seed=seed)
-    val = _validation_set(datasets, val_examples, seed + 1, cfg.mom_levels) if datasets else None
+        source = SeparatorExamples(datasets, "train", cfg=data_cfg, seed=seed, kinds=cfg.windows)
+    val = (
+        _validation_set(datasets, val_examples, seed + 1, cfg.mom_levels, cfg.windows)
+        if datasets
+        else None
+    )
 
     strat = make_strategy(strategy, tpu)
     import keras

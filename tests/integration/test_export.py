@@ -51,6 +51,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                 "2",
                 "--val-examples",
                 "0",
+                "--windows",
+                "focal,soundscape",
                 *common,
             ]
         )
@@ -227,6 +229,22 @@ def test_eval_separator_scores_every_checkpoint_and_one_step(
     res = json.loads(one_json.read_text())
     assert (res["windows"], res["mom_levels"]) == (["soundscape"], "random-peak")
     assert "(random-peak levels; soundscape windows)" in capsys.readouterr().out
+
+
+def test_train_separator_windows_choose_and_record_the_training_mixtures(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = json.loads((runs["sep"] / "config.json").read_text())
+    assert cfg["windows"] == ["focal", "soundscape"]  # resume and packing read it back
+    common = ["train-separator", "--preset", "tiny", "--data", str(runs["corpus"])]
+    common += ["--steps", "1", "--val-examples", "0", "--threads", "1"]
+    # The corpus has no unlabelled recordings: the kinds reach the MoM source.
+    assert main([*common, "--out", str(tmp_path / "u"), "--windows", "unlabelled"]) == 2
+    assert "no windows of unlabelled for split 'train'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*common, "--out", str(tmp_path / "b"), "--windows", "birdsong"])
+    assert exc.value.code == 2
+    assert "window kind" in capsys.readouterr().err
 
 
 def test_existing_output_needs_force(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:

@@ -299,3 +299,19 @@ def test_mom_levels_are_recorded_and_old_runs_read_as_random_peak(tmp_path: Path
     del legacy["mom_levels"]  # a run folder written before the field existed
     (tmp_path / "config.json").write_text(json.dumps(legacy))
     assert load_config(tmp_path).mom_levels == "random-peak"
+
+
+def test_training_windows_are_recorded_and_validated(tmp_path: Path) -> None:
+    from modeltools.separation.presets import WINDOW_KINDS
+    from modeltools.separation.train import load_config, save_config
+
+    assert get_preset("edge").windows == WINDOW_KINDS  # every kind unless a run says otherwise
+    save_config(get_preset("tiny", windows=["soundscape"]), tmp_path)
+    assert load_config(tmp_path).windows == ("soundscape",)  # JSON list back to a tuple
+    legacy = json.loads((tmp_path / "config.json").read_text())
+    del legacy["windows"]  # a run folder written before the field existed trained on all kinds
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    assert load_config(tmp_path).windows == WINDOW_KINDS
+    for bad in (["birdsong"], []):
+        with pytest.raises(ConfigError, match="separator windows must be among"):
+            get_preset("edge", windows=bad)
