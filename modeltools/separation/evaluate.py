@@ -129,9 +129,9 @@ def evaluate_run(
     (e.g. ``["soundscape"]``; default all of ``modeltools.separation.presets.WINDOW_KINDS``).
     """
     from modeltools.data.dataset import read_dataset
+    from modeltools.data.examples import SeparatorConfig as DataConfig
     from modeltools.data.examples import SeparatorExamples
     from modeltools.separation.presets import WINDOW_KINDS
-    from modeltools.data.examples import SeparatorConfig as DataConfig
     from modeltools.separation.train import load_run
 
     model, cfg, step = load_run(run_dir, checkpoint)
