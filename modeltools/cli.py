@@ -21,6 +21,7 @@ from modeltools.evaluation import cli as evaluation_cli
 from modeltools.export import cli as export_cli
 from modeltools.ota import cli as ota_cli
 from modeltools.packaging import verify_cli
+from modeltools.separation.presets import WINDOW_KINDS  # pure Python (no TensorFlow)
 
 log = logging.getLogger(__name__)
 
@@ -535,10 +536,7 @@ def _run_pack_separator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _window_kinds(text: str) -> tuple[str, ...]:
-    from modeltools.separation.presets import WINDOW_KINDS  # pure Python: cheap to import
-
-    return comma_list(WINDOW_KINDS, "window kind")(text)
+_window_kinds = comma_list(WINDOW_KINDS, "window kind")
 
 
 def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
