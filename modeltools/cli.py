@@ -21,7 +21,10 @@ from modeltools.evaluation import cli as evaluation_cli
 from modeltools.export import cli as export_cli
 from modeltools.ota import cli as ota_cli
 from modeltools.packaging import verify_cli
-from modeltools.separation.presets import WINDOW_KINDS  # pure Python (no TensorFlow)
+from modeltools.separation.presets import (  # pure Python (no TensorFlow)
+    WINDOW_KINDS,
+    SeparatorConfigError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -543,7 +546,16 @@ def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
     from modeltools.separation.presets import MOM_LEVELS
 
     p = sub.add_parser("eval-separator", help="MoMi of a trained separator on held-out MoMs")
-    p.add_argument("--checkpoint", type=Path, required=True, help="run folder of train-separator")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoint", type=Path, help="run folder of train-separator")
+    what.add_argument(
+        "--oracle",
+        type=int,
+        default=None,
+        metavar="SAMPLES",
+        help="score ideal ratio masks (STFT of SAMPLES samples) instead of a model: the upper "
+        "bound the same MoMs leave to mask-based separation",
+    )
     p.add_argument(
         "--data", type=Path, action="append", required=True, help="corpus folder (repeatable)"
     )
@@ -580,8 +592,13 @@ def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 
 def _print_momi(res: dict[str, Any]) -> None:
+    what = (
+        f"oracle ratio masks, {res['oracle_window']}-sample STFT"
+        if res["step"] is None
+        else f"{res['preset']} step {res['step']}"
+    )
     print(
-        f"eval-separator: {res['preset']} step {res['step']}: MoMi {res['momi_db']:.2f} dB "
+        f"eval-separator: {what}: MoMi {res['momi_db']:.2f} dB "
         f"(median {res['momi_median_db']:.2f}) on {res['examples']} {res['split']} MoMs "
         f"({res['mom_levels']} levels; {'+'.join(res['windows'])} "
         f"windows) at {res['sample_rate_hz']} Hz; "
@@ -599,8 +616,15 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
     _set_tf_threads(args.threads)
     import json
 
-    from modeltools.separation.evaluate import evaluate_checkpoints, evaluate_run
+    from modeltools.separation.evaluate import (
+        evaluate_checkpoints,
+        evaluate_oracle,
+        evaluate_run,
+    )
     from modeltools.separation.train import CKPT_DIR
+
+    if args.oracle is not None and (args.step is not None or args.all_checkpoints):
+        raise SeparatorConfigError("--oracle scores ratio masks, not checkpoints: drop --step")
 
     common = {
         "split": args.split,
@@ -611,7 +635,15 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
         "mom_levels": args.mom_levels,
         "windows": args.windows,
     }
-    if args.all_checkpoints:
+    if args.oracle is not None:
+        try:
+            out = evaluate_oracle(
+                args.data, args.oracle, examples_dir=args.write_examples, **common
+            )
+        except ValueError as exc:
+            raise SeparatorConfigError(str(exc)) from None
+        _print_momi(out)
+    elif args.all_checkpoints:
         results = evaluate_checkpoints(args.checkpoint, args.data, **common)
         for res in results:
             _print_momi(res)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,11 @@ from modeltools.separation.metrics import (
 
 __all__ = [
     "evaluate_checkpoints",
+    "evaluate_oracle",
     "evaluate_run",
     "momi",
     "momi_per_example",
+    "oracle_estimates",
     "si_snri",
     "summarize",
     "write_examples",
@@ -103,6 +105,97 @@ def summarize(per: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
+def oracle_estimates(mom: np.ndarray, references: np.ndarray, window: int) -> np.ndarray:
+    """Ideal ratio-mask estimates ``(B, 2, T)`` of the two mixtures of each MoM: an upper
+    bound for mask-based separation at that time-frequency resolution, not a model.
+
+    STFT (Hann, ``window`` samples, 50 % overlap) of the MoM ``(B, T)`` and of its mixtures
+    ``(B, 2, T)``; mask_i = |X_i| / (|X_1| + |X_2|) applied to the MoM's STFT (its phase), then
+    the inverse STFT. The masks sum to one, so the estimates sum to the MoM up to rounding.
+    """
+    from scipy.signal import istft, stft
+
+    if window < 4 or window % 2:
+        raise ValueError(f"oracle STFT window must be an even number of samples >= 4, got {window}")
+    hop = window // 2
+    _, _, spec = stft(mom, nperseg=window, noverlap=hop)
+    _, _, ref_spec = stft(references, nperseg=window, noverlap=hop)
+    mag = np.abs(ref_spec)
+    masks = mag / np.maximum(mag.sum(axis=1, keepdims=True), 1e-12)
+    _, est = istft(masks * spec[:, None], nperseg=window, noverlap=hop)
+    n = mom.shape[-1]
+    est = est[..., :n]
+    if est.shape[-1] < n:
+        est = np.pad(est, [(0, 0), (0, 0), (0, n - est.shape[-1])])
+    return est.astype(np.float32)
+
+
+def _score(
+    source: Any,
+    estimate: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    sample_rate_hz: int,
+    num_examples: int,
+    batch_size: int,
+    resample_hz: int | None,
+    examples_dir: str | Path | None,
+    num_written: int,
+    desc: str,
+    progress: bool,
+) -> dict[str, Any]:
+    """Score ``estimate(mom, references) -> (B, M, T)`` on the first ``num_examples`` MoMs."""
+    parts: list[dict[str, np.ndarray]] = []
+    written = 0
+    starts: Any = range(0, num_examples, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, unit="batch", desc=desc, leave=False)
+    for start in starts:
+        exs = [source.example(i) for i in range(start, min(start + batch_size, num_examples))]
+        mom = np.stack([e["mom"] for e in exs])
+        refs = np.stack([e["mixtures"] for e in exs])
+        est = estimate(mom, refs)
+        if examples_dir is not None:
+            for b in range(len(exs)):
+                if written < num_written:
+                    write_examples(examples_dir, mom[b], est[b], sample_rate_hz, f"mom{written}")
+                    written += 1
+        if resample_hz and resample_hz != sample_rate_hz:
+            mom, refs, est = (_resample(a, sample_rate_hz, resample_hz) for a in (mom, refs, est))
+        parts.append(momi_breakdown(refs, est, mom))
+    per = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return summarize(per)
+
+
+def _mom_source(
+    data: list[str | Path], split: str, seed: int, mom_levels: str, windows: Sequence[str] | None
+) -> tuple[Any, tuple[str, ...]]:
+    from modeltools.data.dataset import read_dataset
+    from modeltools.data.examples import SeparatorConfig as DataConfig
+    from modeltools.data.examples import SeparatorExamples
+    from modeltools.separation.presets import WINDOW_KINDS
+
+    datasets = [read_dataset(d) for d in data]
+    kinds = tuple(windows) if windows else WINDOW_KINDS
+    source = SeparatorExamples(
+        datasets, split, cfg=DataConfig(levels=mom_levels), seed=seed, kinds=kinds
+    )
+    return source, kinds
+
+
+def _protocol(
+    split: str, seed: int, mom_levels: str, kinds: Sequence[str], rate: int
+) -> dict[str, Any]:
+    """The fields of a result that say which MoMs were scored, and at what rate."""
+    return {
+        "split": split,
+        "seed": seed,
+        "mom_levels": mom_levels,
+        "windows": list(kinds),
+        "sample_rate_hz": int(rate),
+    }
+
+
 def evaluate_run(
     run_dir: str | Path,
     data: list[str | Path],
@@ -128,54 +221,65 @@ def evaluate_run(
     the evaluations before 2026-12-04). ``windows``: recording kinds to draw the mixtures from
     (e.g. ``["soundscape"]``; default all of ``modeltools.separation.presets.WINDOW_KINDS``).
     """
-    from modeltools.data.dataset import read_dataset
-    from modeltools.data.examples import SeparatorConfig as DataConfig
-    from modeltools.data.examples import SeparatorExamples
-    from modeltools.separation.presets import WINDOW_KINDS
     from modeltools.separation.train import load_run
 
     model, cfg, step = load_run(run_dir, checkpoint)
-    datasets = [read_dataset(d) for d in data]
-    kinds = tuple(windows) if windows else WINDOW_KINDS
-    source = SeparatorExamples(
-        datasets, split, cfg=DataConfig(levels=mom_levels), seed=seed, kinds=kinds
+    source, kinds = _mom_source(data, split, seed, mom_levels, windows)
+    summary = _score(
+        source,
+        lambda mom, _refs: np.asarray(model(mom, training=False)),
+        cfg.sample_rate_hz,
+        num_examples,
+        batch_size,
+        resample_hz,
+        examples_dir,
+        num_written,
+        f"MoMi step {step}",
+        progress,
     )
-    parts: list[dict[str, np.ndarray]] = []
-    written = 0
-    starts = range(0, num_examples, batch_size)
-    if progress:
-        from tqdm import tqdm
-
-        starts = tqdm(starts, unit="batch", desc=f"MoMi step {step}", leave=False)
-    for start in starts:
-        exs = [source.example(i) for i in range(start, min(start + batch_size, num_examples))]
-        mom = np.stack([e["mom"] for e in exs])
-        refs = np.stack([e["mixtures"] for e in exs])
-        est = np.asarray(model(mom, training=False))
-        if examples_dir is not None:
-            for b in range(len(exs)):
-                if written < num_written:
-                    write_examples(
-                        examples_dir, mom[b], est[b], cfg.sample_rate_hz, f"mom{written}"
-                    )
-                    written += 1
-        if resample_hz and resample_hz != cfg.sample_rate_hz:
-            mom, refs, est = (
-                _resample(a, cfg.sample_rate_hz, resample_hz) for a in (mom, refs, est)
-            )
-        parts.append(momi_breakdown(refs, est, mom))
-    per = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    head = {"run_dir": str(run_dir), "preset": cfg.name, "step": step}
     return {
-        "run_dir": str(run_dir),
-        "preset": cfg.name,
-        "step": step,
-        "split": split,
-        "seed": seed,
-        "mom_levels": mom_levels,
-        "windows": list(kinds),
-        "sample_rate_hz": int(resample_hz or cfg.sample_rate_hz),
-        **summarize(per),
+        **head,
+        **_protocol(split, seed, mom_levels, kinds, resample_hz or cfg.sample_rate_hz),
+        **summary,
     }
+
+
+def evaluate_oracle(
+    data: list[str | Path],
+    window: int,
+    split: str = "test",
+    num_examples: int = 64,
+    batch_size: int = 4,
+    seed: int = 1234,
+    resample_hz: int | None = None,
+    examples_dir: str | Path | None = None,
+    num_written: int = 4,
+    progress: bool = False,
+    mom_levels: str = "natural",
+    windows: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """MoMi of :func:`oracle_estimates` (ideal ratio masks, STFT of ``window`` samples) on the
+    same MoMs :func:`evaluate_run` scores with the same arguments: how much of the gap between
+    a model and perfect separation the mixtures themselves leave (overlapping noise beds,
+    a quiet mixture under a loud one). Keys as :func:`evaluate_run`, with ``preset`` set to
+    ``"oracle-irm"``, ``step`` to None and ``oracle_window`` added."""
+    source, kinds = _mom_source(data, split, seed, mom_levels, windows)
+    rate = int(source.cfg.sample_rate_hz)
+    summary = _score(
+        source,
+        lambda mom, refs: oracle_estimates(mom, refs, window),
+        rate,
+        num_examples,
+        batch_size,
+        resample_hz,
+        examples_dir,
+        num_written,
+        f"oracle MoMi, window {window}",
+        progress,
+    )
+    head = {"run_dir": None, "preset": "oracle-irm", "oracle_window": int(window), "step": None}
+    return {**head, **_protocol(split, seed, mom_levels, kinds, resample_hz or rate), **summary}
 
 
 def evaluate_checkpoints(

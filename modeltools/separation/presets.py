@@ -185,6 +185,18 @@ PRESETS: dict[str, SeparatorConfig] = {
 }
 
 
+# A 2x longer basis than `edge` (64 samples = 2.9 ms, hop 1.45 ms): half the frames, spent on
+# twice the basis coefficients, 1.5x wider blocks and twice the receptive field in seconds
+# (1.48 s) at about the same cost per window (docs/separation.md).
+PRESETS["edge-long"] = replace(
+    PRESETS["edge"],
+    name="edge-long",
+    window=64,
+    hop=32,
+    num_coeffs=256,
+    bottleneck=96,
+    hidden=192,
+)
 # int8-oriented edge preset: the edge shape without data-dependent norms (their MEAN/RSQRT
 # statistics are what full-integer quantisation loses, docs/export.md), with ReLU (int8 PRELU has
 # no fast kernel) and bounded mask logits. The residual scales (scale_decay) keep the

@@ -229,6 +229,17 @@ def test_eval_separator_scores_every_checkpoint_and_one_step(
     res = json.loads(one_json.read_text())
     assert (res["windows"], res["mom_levels"]) == (["soundscape"], "random-peak")
     assert "(random-peak levels; soundscape windows)" in capsys.readouterr().out
+    # --oracle scores ideal ratio masks on the same MoMs, with no checkpoint.
+    oracle = ["--data", str(runs["corpus"]), "--examples", "4", "--split", "val", "--oracle", "64"]
+    assert main(["eval-separator", *oracle, "--json", str(one_json)]) == 0
+    res = json.loads(one_json.read_text())
+    assert (res["preset"], res["oracle_window"], res["step"]) == ("oracle-irm", 64, None)
+    assert res["examples"] == 4 and res["momi_db"] > one["momi_db"]
+    assert "oracle ratio masks, 64-sample STFT" in capsys.readouterr().out
+    assert main(["eval-separator", *oracle, "--step", "2"]) == 2
+    assert "drop --step" in capsys.readouterr().err
+    assert main(["eval-separator", *oracle[:-1], "63"]) == 2
+    assert "even number" in capsys.readouterr().err
 
 
 def test_train_separator_windows_choose_and_record_the_training_mixtures(

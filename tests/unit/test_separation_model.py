@@ -59,9 +59,19 @@ def test_param_count_matches_keras(overrides: dict) -> None:
 
 def test_edge_presets_are_much_cheaper_than_paper() -> None:
     paper = count_cost(PRESETS["paper"])["macs"]
-    for name in ("edge", "edge-small"):
+    for name in ("edge", "edge-long", "edge-small"):
         assert count_cost(PRESETS[name])["macs"] < paper / 30
         assert PRESETS[name].receptive_field_s > 0.5  # still sees most of a song phrase
+
+
+def test_edge_long_trades_frames_for_width_at_about_the_cost_of_edge() -> None:
+    edge, long = count_cost(PRESETS["edge"]), count_cost(PRESETS["edge-long"])
+    assert long["frames"] * 2 == edge["frames"]  # hop 32 vs 16 on 110,250 samples
+    assert 1.0 < long["macs"] / edge["macs"] < 1.3
+    assert long["elementwise"] < edge["elementwise"]
+    assert PRESETS["edge-long"].receptive_field_s == pytest.approx(
+        2 * PRESETS["edge"].receptive_field_s
+    )
 
 
 @pytest.mark.parametrize("consistency", ["pred_source", "uniform", "magsq", "none"])
