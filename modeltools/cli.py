@@ -624,7 +624,9 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
     from modeltools.separation.train import CKPT_DIR
 
     if args.oracle is not None and (args.step is not None or args.all_checkpoints):
-        raise SeparatorConfigError("--oracle scores ratio masks, not checkpoints: drop --step")
+        raise SeparatorConfigError(
+            "--oracle scores ratio masks, not checkpoints: drop --step / --all-checkpoints"
+        )
 
     common = {
         "split": args.split,

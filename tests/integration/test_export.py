@@ -238,6 +238,8 @@ def test_eval_separator_scores_every_checkpoint_and_one_step(
     assert "oracle ratio masks, 64-sample STFT" in capsys.readouterr().out
     assert main(["eval-separator", *oracle, "--step", "2"]) == 2
     assert "drop --step" in capsys.readouterr().err
+    assert main(["eval-separator", *oracle, "--all-checkpoints"]) == 2
+    assert "--all-checkpoints" in capsys.readouterr().err
     assert main(["eval-separator", *oracle[:-1], "63"]) == 2
     assert "even number" in capsys.readouterr().err
 
