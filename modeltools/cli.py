@@ -398,7 +398,7 @@ def _set_tf_threads(threads: int | None) -> None:
 
 
 def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from modeltools.separation.presets import MOM_LEVELS, PRESETS
+    from modeltools.separation.presets import BASIS_INITS, MOM_LEVELS, PRESETS
 
     p = sub.add_parser("train-separator", help="train a MixIT separator (resumable)")
     p.add_argument("--preset", default="edge", choices=sorted(PRESETS), help="(default: edge)")
@@ -441,6 +441,13 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
         type=Path,
         default=None,
         help="start a new run from this run's latest weights (fine-tuning; same architecture)",
+    )
+    p.add_argument(
+        "--basis-init",
+        choices=BASIS_INITS,
+        default=None,
+        help="initial analysis/synthesis bases: random (Glorot, the paper's; default) or stft "
+        "(a rectified sine-windowed Fourier frame and its exact inverse); both are learned",
     )
     p.add_argument(
         "--mixit-nonempty",
@@ -491,6 +498,7 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         mixit_allow_empty=False if args.mixit_nonempty else None,
         mom_levels=args.mom_levels,
         windows=args.windows,
+        basis_init=args.basis_init,
     )
     row = train(
         cfg,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from modeltools.separation.losses import mixture_consistency
@@ -213,11 +214,59 @@ class Separator(keras.Model):
 
 
 def build_separator(cfg: SeparatorConfig, num_samples: int | None = None) -> Separator:
-    """A built :class:`Separator` (weights created by one call on zeros of ``num_samples``)."""
+    """A built :class:`Separator` (weights created by one call on zeros of ``num_samples``),
+    its bases set by :func:`init_basis` when the preset asks for ``basis_init="stft"``."""
     model = Separator(cfg)
     n = num_samples or cfg.example_samples
     model(tf.zeros([1, n]))
+    if cfg.basis_init == "stft":
+        init_basis(model)
     return model
+
+
+def stft_basis(window: int, hop: int, num_coeffs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(analysis kernel (W, 1, N), synthesis kernel (N, W)) of a rectified Fourier frame.
+
+    P = N/2 rows of an orthonormal real DFT of size P >= W (cosines and sines, oversampled
+    P/W times), restricted to the W samples of a frame, so the rows form a tight frame:
+    ``Q.T @ Q = I``. Each row is windowed by w[n] = sqrt(2/k) sin(pi (n + 1/2) / W) (k = W/H
+    >= 2: w² of the k overlapping frames sums to 1; k = 1: no window) and used twice, as +row
+    and -row, so the encoder's ReLU keeps the positive and the negative part of each coefficient and
+    relu(a) - relu(-a) = a. The synthesis rows are the same windowed rows (with the sign), so
+    encoder -> synthesis -> overlap-add returns the input exactly wherever k frames overlap
+    (all but the first and the last W - H samples of the framed signal).
+    """
+    if num_coeffs % 2 or num_coeffs < 2 * window or window % hop:
+        raise ValueError(
+            f"an STFT basis needs num_coeffs even and >= 2 x window, window a multiple of hop; "
+            f"got window {window}, hop {hop}, num_coeffs {num_coeffs}"
+        )
+    k = window // hop
+    p = num_coeffs // 2
+    n = np.arange(window)
+    rows = [np.full(window, 1.0 / np.sqrt(p))]
+    for f in range(1, (p + 1) // 2):
+        arg = 2.0 * np.pi * f * n / p
+        rows += [np.sqrt(2.0 / p) * np.cos(arg), np.sqrt(2.0 / p) * np.sin(arg)]
+    if p % 2 == 0:
+        rows.append(np.cos(np.pi * n) / np.sqrt(p))
+    q = np.stack(rows)  # (P, W), orthonormal columns
+    # k = 1: frames do not overlap and a rectangular window is exact.
+    w = np.sqrt(2.0 / k) * np.sin(np.pi * (n + 0.5) / window) if k > 1 else np.ones(window)
+    rows_w = np.concatenate([q, -q]) * w  # (N, W)
+    return rows_w.T[:, None, :].astype(np.float32), rows_w.astype(np.float32)
+
+
+def init_basis(model: Separator) -> None:
+    """Set the encoder and decoder kernels to :func:`stft_basis` (both stay learnable).
+
+    The masks still start at about 0.5, so the untrained separator outputs ~MoM/4 per source;
+    what it no longer has to learn is an invertible analysis/synthesis pair.
+    """
+    cfg = model.cfg
+    analysis, synthesis = stft_basis(cfg.window, cfg.hop, cfg.num_coeffs)
+    model.encoder.kernel.assign(analysis)
+    model.decoder.kernel.assign(synthesis)
 
 
 def export_function(model: Separator, num_samples: int, batch_size: int = 1) -> Any:

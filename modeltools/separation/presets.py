@@ -22,6 +22,11 @@ class SeparatorConfigError(ConfigError):
 NORMS = ("instance_norm", "global_layer_norm", "layer_norm", "none")
 CONSISTENCY = ("pred_source", "uniform", "magsq", "none")
 ACTIVATIONS = ("prelu", "relu")
+# How the learned analysis / synthesis bases start (model.init_basis): "random" (Keras' Glorot
+# draws, the paper's) or "stft" (a rectified, oversampled sine-windowed Fourier frame and its
+# inverse: the untrained model already reconstructs its input exactly, so training starts on
+# the masks instead of first learning an invertible basis).
+BASIS_INITS = ("random", "stft")
 # How the two mixtures of a MoM get their levels (modeltools.data.examples, run configs, CLI):
 #   "natural"     — as recorded, x = x1 + x2 with no rescaling (SS-mixit, ALGORITHMS.md §1.7);
 #   "random-peak" — each mixture scaled to a random peak level first (the classifier's
@@ -61,6 +66,9 @@ class SeparatorConfig:
     # Clamp mask logits to +-this before the sigmoid (None: no clamp). For int8 export: the
     # logit tensor then has a bounded range (see Separator.call).
     mask_logit_clip: float | None = None
+    # Initial analysis / synthesis bases (BASIS_INITS above). Not an architecture field: the
+    # weights have the same shapes either way, and both stay learnable.
+    basis_init: str = "random"
     # training
     batch_size: int = 6  # single mixtures; MoMs per step = batch_size // 2 (SS-mixit: 6 -> 3)
     learning_rate: float = 1e-4
@@ -92,6 +100,16 @@ class SeparatorConfig:
         if self.window % self.hop != 0:
             raise SeparatorConfigError(
                 f"window ({self.window}) must be a multiple of hop ({self.hop})"
+            )
+        if self.basis_init not in BASIS_INITS:
+            raise SeparatorConfigError(
+                f"separator basis_init must be one of {BASIS_INITS}, got {self.basis_init!r}"
+            )
+        if self.basis_init == "stft" and (self.num_coeffs % 2 or self.num_coeffs < 2 * self.window):
+            raise SeparatorConfigError(
+                f"basis_init 'stft' needs an even num_coeffs >= 2 x window (a rectified frame "
+                f"at least as wide as the window); got window {self.window}, "
+                f"num_coeffs {self.num_coeffs}"
             )
         if self.num_sources < 2:
             raise SeparatorConfigError("num_sources must be >= 2")

@@ -17,6 +17,7 @@ from modeltools.separation.model import (  # noqa: E402
     Separator,
     build_separator,
     export_function,
+    stft_basis,
 )
 
 
@@ -145,6 +146,42 @@ def test_overlap_add_matches_numpy() -> None:
     for f in range(9):
         want[..., f * cfg.hop : f * cfg.hop + cfg.window] += frames[:, :, f]
     np.testing.assert_allclose(got, want[..., :n], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("window", "hop", "coeffs"),
+    [(32, 16, 128), (64, 32, 256), (22, 11, 256), (32, 8, 64), (8, 8, 16)],
+)
+def test_stft_basis_reconstructs_the_input_exactly(window: int, hop: int, coeffs: int) -> None:
+    cfg = get_preset("tiny", window=window, hop=hop, num_coeffs=coeffs, basis_init="stft")
+    model = build_separator(cfg, num_samples=2000)
+    analysis, synthesis = stft_basis(window, hop, coeffs)
+    np.testing.assert_array_equal(model.encoder.kernel.numpy(), analysis)
+    np.testing.assert_array_equal(model.decoder.kernel.numpy(), synthesis)
+    n = hop * 150 + window  # whole frames: no end padding to account for
+    x = np.random.default_rng(5).normal(size=(1, n)).astype(np.float32)
+    coeffs_ = model.encoder(tf.expand_dims(x, -1))
+    assert float(tf.reduce_min(coeffs_)) >= 0.0  # still a rectified (non-negative) code
+    y = model.overlap_add(model.decoder(tf.expand_dims(coeffs_, 1)), n).numpy()[0, 0]
+    edge = window - hop  # covered by fewer than window/hop frames at either end
+    np.testing.assert_allclose(y[edge : n - edge], x[0, edge : n - edge], atol=1e-5)
+    # A random basis is nowhere near invertible by its own decoder.
+    rand = build_separator(dataclasses.replace(cfg, basis_init="random"), num_samples=2000)
+    c = rand.encoder(tf.expand_dims(x, -1))
+    y_rand = rand.overlap_add(rand.decoder(tf.expand_dims(c, 1)), n).numpy()[0, 0]
+    assert np.abs(y_rand - x[0]).max() > 0.1
+
+
+def test_stft_basis_refuses_shapes_it_cannot_invert() -> None:
+    from agent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="basis_init"):
+        SeparatorConfig(window=40, hop=20, num_coeffs=64, basis_init="stft")  # 32 rows < 40
+    with pytest.raises(ConfigError, match="basis_init"):
+        SeparatorConfig(basis_init="dct")
+    with pytest.raises(ValueError, match="num_coeffs"):
+        stft_basis(32, 16, 48)
+    assert get_preset("edge").basis_init == "random"  # the paper's init stays the default
 
 
 def test_export_function_has_a_static_batch() -> None:
