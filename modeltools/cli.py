@@ -535,15 +535,24 @@ def _add_pack_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         default=None,
         help="checkpoint prefix, e.g. RUN/checkpoints/ckpt-8000 (default: the latest)",
     )
+    p.add_argument(
+        "--average",
+        type=int,
+        default=1,
+        metavar="N",
+        help="pack the mean weights of the N kept checkpoints that end at --checkpoint "
+        "(default: 1, that checkpoint alone)",
+    )
     return p
 
 
 def _run_pack_separator(args: argparse.Namespace) -> int:
     from modeltools.separation.train import pack_run
 
-    out, step = pack_run(args.run, args.out, args.checkpoint)
+    out, step = pack_run(args.run, args.out, args.checkpoint, args.average)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"pack-separator: {out} (step {step}, {size / 1e6:.2f} MB)")
+    mean = f", mean of the last {args.average} checkpoints" if args.average > 1 else ""
+    print(f"pack-separator: {out} (step {step}{mean}, {size / 1e6:.2f} MB)")
     return 0
 
 

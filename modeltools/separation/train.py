@@ -398,27 +398,64 @@ class _StopOnSigterm:
 
 
 def pack_run(
-    run_dir: str | Path, out_dir: str | Path, checkpoint: str | Path | None = None
+    run_dir: str | Path,
+    out_dir: str | Path,
+    checkpoint: str | Path | None = None,
+    average: int = 1,
 ) -> tuple[Path, int]:
     """Copy a run's config, data record and logs plus one checkpoint's *model* weights (no
     optimizer state: about a third of the size) into ``out_dir``, a run folder that
-    ``load_run``, ``eval-separator`` and ``export`` accept. Returns (out_dir, step)."""
+    ``load_run``, ``eval-separator`` and ``export`` accept. Returns (out_dir, step).
+
+    ``average`` > 1 packs the mean weights of that many kept checkpoints, ending at
+    ``checkpoint`` (default: the latest): Polyak averaging of the last stretch of a run, which
+    smooths out the noise of small-batch steps. The steps that went in are recorded in
+    ``config.json`` (``extra["averaged_steps"]``).
+    """
     import shutil
 
+    if average < 1:
+        raise SeparatorConfigError(f"--average must be >= 1, got {average}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model, _, step = load_run(run_dir, checkpoint)
+    model, cfg, step = load_run(run_dir, checkpoint)
+    if average > 1:
+        steps = _average_checkpoints(model, run_dir, step, average)
+        cfg = replace(cfg, extra={**cfg.extra, "averaged_steps": steps})
     if out_dir.exists():
         raise SeparatorConfigError(f"{out_dir} exists; choose a new folder")
     out_dir.mkdir(parents=True)
-    for name in (CONFIG_NAME, "data.json", "log.csv"):
+    for name in ("data.json", "log.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
+    save_config(cfg, out_dir)
     step_var = tf.Variable(step, dtype=tf.int64)
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, step=step_var), str(out_dir / CKPT_DIR), max_to_keep=1
     )
     manager.save(checkpoint_number=step)
     return out_dir, step
+
+
+def _average_checkpoints(model: Separator, run_dir: Path, last: int, count: int) -> list[int]:
+    """Set ``model`` to the mean weights of the ``count`` kept checkpoints up to step ``last``;
+    returns their steps (ascending)."""
+    state = tf.train.get_checkpoint_state(str(run_dir / CKPT_DIR))
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    by_step = {int(p.rsplit("-", 1)[-1]): p for p in paths}
+    chosen = sorted(s for s in by_step if s <= last)[-count:]
+    if len(chosen) < count:
+        raise SeparatorConfigError(
+            f"{run_dir}: --average {count} needs {count} kept checkpoints up to step {last}, "
+            f"found {len(chosen)} ({', '.join(map(str, chosen)) or 'none'}); train with "
+            f"--keep-checkpoints {count} or more"
+        )
+    total = [np.zeros_like(w) for w in model.get_weights()]
+    for s in chosen:
+        other, _, _ = load_run(run_dir, by_step[s])
+        for acc, w in zip(total, other.get_weights(), strict=True):
+            acc += w
+    model.set_weights([acc / count for acc in total])
+    return chosen
 
 
 # What may change when a run is resumed (the rest defines the model or the data stream).

@@ -258,6 +258,10 @@ def test_train_separator_windows_choose_and_record_the_training_mixtures(
         main([*common, "--out", str(tmp_path / "b"), "--windows", "birdsong"])
     assert exc.value.code == 2
     assert "window kind" in capsys.readouterr().err
+    # tiny has 16 coefficients for a 16-sample basis: too few for an invertible Fourier start.
+    assert main([*common, "--out", str(tmp_path / "s"), "--basis-init", "stft"]) == 2
+    assert "basis_init 'stft' needs an even num_coeffs >= 2 x window" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
 
 
 def test_existing_output_needs_force(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:

@@ -282,6 +282,33 @@ def test_pack_keeps_the_model_weights_without_optimizer_state(tmp_path: Path) ->
         load_run(run, run / "checkpoints" / "ckpt-99")
 
 
+def test_pack_can_average_the_last_checkpoints(tmp_path: Path) -> None:
+    from modeltools.separation.train import load_config, pack_run
+
+    cfg = get_preset("tiny")
+    kw = dict(data=[], strategy="cpu", log_every=1, val_examples=0, progress=False)
+    run = tmp_path / "r"
+    source = ToyMoMs(cfg.example_samples)
+    train(cfg, run_dir=run, steps=3, checkpoint_every=1, keep_checkpoints=3, source=source, **kw)
+    out, step = pack_run(run, tmp_path / "avg", average=2)
+    assert step == 3 and load_config(out).extra["averaged_steps"] == [2, 3]
+    packed, _, _ = load_run(out)
+    two, _, _ = load_run(run, run / "checkpoints" / "ckpt-2")
+    three, _, _ = load_run(run, run / "checkpoints" / "ckpt-3")
+    moved = False
+    for p, a, b in zip(_weights(packed), _weights(two), _weights(three), strict=True):
+        np.testing.assert_allclose(p, (a + b) / 2, rtol=1e-6, atol=1e-7)
+        moved |= not np.array_equal(a, b)
+    assert moved  # the two checkpoints differ, so the mean is neither of them
+    out1, _ = pack_run(run, tmp_path / "one", run / "checkpoints" / "ckpt-2", average=2)
+    assert load_config(out1).extra["averaged_steps"] == [1, 2]  # ends at --checkpoint
+    with pytest.raises(ConfigError, match="needs 4 kept checkpoints up to step 3, found 3"):
+        pack_run(run, tmp_path / "four", average=4)
+    with pytest.raises(ConfigError, match="--average must be >= 1"):
+        pack_run(run, tmp_path / "zero", average=0)
+    assert not (tmp_path / "four").exists() and not (tmp_path / "zero").exists()
+
+
 def test_mom_levels_are_recorded_and_old_runs_read_as_random_peak(tmp_path: Path) -> None:
     from modeltools.data.examples import MOM_LEVELS
     from modeltools.separation import presets
@@ -315,3 +342,23 @@ def test_training_windows_are_recorded_and_validated(tmp_path: Path) -> None:
     for bad in (["birdsong"], []):
         with pytest.raises(ConfigError, match="separator windows must be among"):
             get_preset("edge", windows=bad)
+
+
+def test_basis_init_is_recorded_and_a_checkpoint_wins_over_it(tmp_path: Path) -> None:
+    from modeltools.separation.model import stft_basis
+    from modeltools.separation.train import load_config
+
+    cfg = get_preset("tiny", basis_init="stft", num_coeffs=32)
+    kw = dict(data=[], strategy="cpu", val_examples=0, progress=False, checkpoint_every=1)
+    train(cfg, run_dir=tmp_path / "run", steps=3, source=ToyMoMs(cfg.example_samples), **kw)
+    model, loaded, step = load_run(tmp_path / "run")
+    assert loaded.basis_init == "stft" and step == 3
+    analysis, _ = stft_basis(cfg.window, cfg.hop, cfg.num_coeffs)
+    # The bases are learned from the Fourier start: three Adam steps at lr 1e-3 moved them, and
+    # loading the run gives the trained kernel, not a fresh init.
+    moved = np.abs(model.encoder.kernel.numpy() - analysis).max()
+    assert 1e-4 < moved < 0.1
+    legacy = json.loads((tmp_path / "run" / "config.json").read_text())
+    del legacy["basis_init"]  # a run folder written before the field existed: Glorot bases
+    (tmp_path / "run" / "config.json").write_text(json.dumps(legacy))
+    assert load_config(tmp_path / "run").basis_init == "random"
