@@ -287,13 +287,10 @@ def evaluate_checkpoints(
 ) -> list[dict[str, Any]]:
     """:func:`evaluate_run` on every checkpoint the run kept (oldest first): model selection
     on a validation split (``split="val"``) before one test evaluation of the chosen step."""
-    import tensorflow as tf
-
     from modeltools.separation.presets import SeparatorConfigError
-    from modeltools.separation.train import CKPT_DIR
+    from modeltools.separation.train import CKPT_DIR, kept_checkpoints
 
-    state = tf.train.get_checkpoint_state(str(Path(run_dir) / CKPT_DIR))
-    paths = list(state.all_model_checkpoint_paths) if state else []
+    paths = kept_checkpoints(run_dir)
     if not paths:
         raise SeparatorConfigError(f"{run_dir}: no checkpoints in {CKPT_DIR}/")
     out = []

@@ -110,16 +110,27 @@ def load_run(
     if latest is None or not Path(f"{latest}.index").is_file():
         raise SeparatorConfigError(f"{run_dir}: no checkpoint {latest or 'in ' + CKPT_DIR + '/'}")
     model = build_separator(cfg, num_samples=cfg.hop * 64)
+    return model, cfg, _restore(model, cfg, run_dir, latest)
+
+
+def kept_checkpoints(run_dir: str | Path) -> list[str]:
+    """Prefixes (``.../ckpt-N``) of the checkpoints a run folder kept, oldest first."""
+    state = tf.train.get_checkpoint_state(str(Path(run_dir) / CKPT_DIR))
+    return list(state.all_model_checkpoint_paths) if state else []
+
+
+def _restore(model: Separator, cfg: SeparatorConfig, run_dir: Path, prefix: str) -> int:
+    """Load checkpoint ``prefix`` into ``model`` in place; returns its step."""
     step = tf.Variable(0, dtype=tf.int64)
     try:
-        tf.train.Checkpoint(model=model, step=step).restore(latest).expect_partial()
+        tf.train.Checkpoint(model=model, step=step).restore(prefix).expect_partial()
     except (ValueError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SeparatorConfigError(
-            f"{run_dir}: checkpoint {Path(latest).name} does not match the run's config.json "
+            f"{run_dir}: checkpoint {Path(prefix).name} does not match the run's config.json "
             f"(preset {cfg.name}): {first[:200]}"
         ) from None
-    return model, cfg, int(step.numpy())
+    return int(step.numpy())
 
 
 class _Logger:
@@ -419,7 +430,7 @@ def pack_run(
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, cfg, step = load_run(run_dir, checkpoint)
     if average > 1:
-        steps = _average_checkpoints(model, run_dir, step, average)
+        steps = _average_checkpoints(model, cfg, run_dir, step, average)
         cfg = replace(cfg, extra={**cfg.extra, "averaged_steps": steps})
     if out_dir.exists():
         raise SeparatorConfigError(f"{out_dir} exists; choose a new folder")
@@ -436,12 +447,12 @@ def pack_run(
     return out_dir, step
 
 
-def _average_checkpoints(model: Separator, run_dir: Path, last: int, count: int) -> list[int]:
-    """Set ``model`` to the mean weights of the ``count`` kept checkpoints up to step ``last``;
-    returns their steps (ascending)."""
-    state = tf.train.get_checkpoint_state(str(run_dir / CKPT_DIR))
-    paths = list(state.all_model_checkpoint_paths) if state else []
-    by_step = {int(p.rsplit("-", 1)[-1]): p for p in paths}
+def _average_checkpoints(
+    model: Separator, cfg: SeparatorConfig, run_dir: Path, last: int, count: int
+) -> list[int]:
+    """Set ``model`` to the mean weights of the ``count`` kept checkpoints up to step ``last``
+    (each restored into ``model`` in turn); returns their steps (ascending)."""
+    by_step = {int(p.rsplit("-", 1)[-1]): p for p in kept_checkpoints(run_dir)}
     chosen = sorted(s for s in by_step if s <= last)[-count:]
     if len(chosen) < count:
         raise SeparatorConfigError(
@@ -451,8 +462,8 @@ def _average_checkpoints(model: Separator, run_dir: Path, last: int, count: int)
         )
     total = [np.zeros_like(w) for w in model.get_weights()]
     for s in chosen:
-        other, _, _ = load_run(run_dir, by_step[s])
-        for acc, w in zip(total, other.get_weights(), strict=True):
+        _restore(model, cfg, run_dir, by_step[s])
+        for acc, w in zip(total, model.get_weights(), strict=True):
             acc += w
     model.set_weights([acc / count for acc in total])
     return chosen
