@@ -136,6 +136,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "../shared/data next to the repository)",
     )
     p.add_argument("--no-real-noise", action="store_true", help="synthetic noise beds only")
+    p.add_argument(
+        "--stems",
+        action="store_true",
+        help="also write each soundscape's bird stem (<id>.birds.wav) for "
+        "train-separator --supervised-weight",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
     p.add_argument(
         "--no-activity", action="store_true", help="skip writing windows.csv (activity detection)"
@@ -167,6 +173,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         noise_clips=dict(zip(("train", "test"), args.noise_clips, strict=True)),
         noise_clip_s=args.noise_clip_s,
         soundscape=SoundscapeConfig(duration_s=args.soundscape_s),
+        stems=args.stems,
     )
     if args.shared_data is not None and not args.shared_data.is_dir():
         raise ChorusError(f"synth: --shared-data {args.shared_data}: no such folder")
@@ -456,6 +463,15 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
         "(a MoM collapsed onto the louder mixture then still has a gradient); MoMi is unchanged",
     )
     p.add_argument(
+        "--supervised-weight",
+        type=float,
+        default=None,
+        metavar="W",
+        help="semi-supervised MixIT: add W x a loss against the MoM's known stems (bird stem "
+        "and noise bed of each mixture; needs --windows soundscape and a corpus written with "
+        "`synth --stems`). Default 0: the paper's unsupervised MixIT",
+    )
+    p.add_argument(
         "--mom-levels",
         choices=MOM_LEVELS,
         default=None,
@@ -499,6 +515,7 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         mom_levels=args.mom_levels,
         windows=args.windows,
         basis_init=args.basis_init,
+        supervised_weight=args.supervised_weight,
     )
     row = train(
         cfg,

@@ -35,7 +35,7 @@ from modeltools.data.annotations import (
     write_raven,
 )
 from modeltools.data.audio_io import SAMPLE_RATE_HZ, write_wav
-from modeltools.data.dataset import Recording, Segment, read_dataset, write_dataset
+from modeltools.data.dataset import BIRDS_STEM, Recording, Segment, read_dataset, write_dataset
 from modeltools.data.jobs import Journal, progress
 from modeltools.data.noise import REAL_NOISE, NoiseBank, default_shared_data_dir
 from modeltools.data.recordings import (
@@ -75,9 +75,15 @@ class CorpusConfig:
     focal: FocalConfig = field(default_factory=FocalConfig)
     soundscape: SoundscapeConfig = field(default_factory=SoundscapeConfig)
     sample_rate_hz: int = SAMPLE_RATE_HZ
+    # Also write each soundscape's bird stem (<id>.birds.wav; the noise bed is the recording
+    # minus it) for semi-supervised separator training. Off: corpora read as before.
+    stems: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"corpus_version": CORPUS_VERSION, **asdict(self)}
+        out = {"corpus_version": CORPUS_VERSION, **asdict(self)}
+        if not self.stems:  # corpora written before the option keep their settings file
+            del out["stems"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,9 @@ def _build(item: _Item) -> dict[str, Any]:
             annotations["csv"] = rel[:-4] + ".csv"
             write_raven(root / annotations["raven"], anns)
             write_csv_annotations(root / annotations["csv"], anns, EVENT_COLUMNS)
+            if cfg.stems and rec.birds is not None:
+                annotations[BIRDS_STEM] = rel[:-4] + ".birds.wav"
+                write_wav(root / annotations[BIRDS_STEM], rec.birds, sr)
             dur = rec.audio.shape[0] / sr
             segments = [
                 {"start_s": s, "end_s": e, "labels": list(labels)}

@@ -38,6 +38,11 @@ SPLITS = ("train", "val", "test")
 SEGMENT_S = 5.0
 
 
+# Recording.annotations key of a soundscape's bird stem (the vocalisations alone at the
+# recording's gain; the recording minus it is the noise bed), written by `synth --stems`.
+BIRDS_STEM = "birds_stem"
+
+
 class DatasetError(ChorusError):
     """A dataset folder or manifest is missing or invalid."""
 

@@ -35,7 +35,7 @@ from modeltools.augment.waveform import (
 )
 from modeltools.data.activity import PAPER_INTERVAL_S
 from modeltools.data.audio_io import read_segment
-from modeltools.data.dataset import Dataset, DatasetError
+from modeltools.data.dataset import BIRDS_STEM, Dataset, DatasetError
 from modeltools.data.noise import synthetic_noise
 from modeltools.data.splits import noise_pool, seed_words
 from modeltools.data.taxonomy import HEADS, Taxonomy
@@ -54,6 +54,7 @@ class WindowRef:
     end: int
     primary: tuple[str, ...] = ()
     background: tuple[str, ...] = ()
+    stem: Path | None = None  # the recording's bird stem (BIRDS_STEM), same samples as path
 
 
 def _check_taxonomies(datasets: Sequence[Dataset]) -> Taxonomy:
@@ -115,7 +116,16 @@ def unlabelled_windows(
             starts = list(range(0, max(rec.num_samples - n, 0) + 1, n))
             if rec.num_samples - (starts[-1] + n) >= ds.sample_rate_hz:  # >= 1 s left over
                 starts.append(rec.num_samples - n)  # one more window, flush with the end
-            out += [WindowRef(ds.path(rec), s, min(s + n, rec.num_samples)) for s in starts]
+            stem = rec.annotations.get(BIRDS_STEM)
+            out += [
+                WindowRef(
+                    ds.path(rec),
+                    s,
+                    min(s + n, rec.num_samples),
+                    stem=ds.root / stem if stem else None,
+                )
+                for s in starts
+            ]
     return out
 
 
@@ -271,9 +281,25 @@ class SeparatorConfig:
         return round(self.example_s * self.sample_rate_hz)
 
 
+def _crop_at(x: np.ndarray, start: int, length: int) -> np.ndarray:
+    """The crop :func:`random_crop` returned with ``start``, applied to another signal."""
+    if start >= 0:
+        return x[start : start + length]
+    out = np.zeros(length, dtype=x.dtype)
+    out[-start : -start + x.shape[0]] = x
+    return out
+
+
 class SeparatorExamples:
     """MixIT training examples: two random crops of unlabelled windows and their sum (the MoM),
-    at their recorded levels or each at a random peak level (``cfg.levels``)."""
+    at their recorded levels or each at a random peak level (``cfg.levels``).
+
+    ``stems=True`` (semi-supervised training) also returns ``sources`` ``(4, n)``: the bird
+    stem and the noise bed (recording minus stem) of each mixture, ``[birds 1, noise 1,
+    birds 2, noise 2]``, cropped and scaled as the mixtures, so they sum to the MoM. Every
+    window then needs a stem (soundscapes of a corpus written with ``synth --stems``). The
+    random draws are the same either way: a run with stems sees the same MoMs as one without.
+    """
 
     def __init__(
         self,
@@ -283,9 +309,10 @@ class SeparatorExamples:
         seed: int = 0,
         windows: Sequence[WindowRef] | None = None,
         kinds: Sequence[str] = WINDOW_KINDS,
+        stems: bool = False,
     ) -> None:
         self.cfg = cfg or SeparatorConfig()
-        self.split, self.seed = split, seed
+        self.split, self.seed, self.stems = split, seed, stems
         self.windows = (
             list(windows)
             if windows is not None
@@ -293,17 +320,26 @@ class SeparatorExamples:
         )
         if not self.windows:
             raise DatasetError(f"no windows of {', '.join(kinds)} for split {split!r}")
+        if stems:
+            missing = sorted({str(w.path) for w in self.windows if w.stem is None})
+            if missing:
+                raise DatasetError(
+                    f"{len(missing)} {split} recordings have no bird stem (first: "
+                    f"{missing[0]}); supervised separator training needs soundscape windows "
+                    "only (--windows soundscape) of a corpus written with `synth --stems`"
+                )
         self._order = _EpochOrder(len(self.windows), seed_words(seed, split, "separator", 0))
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def keys(self) -> list[str]:
-        return ["mom", "mixtures"]
+        return ["mom", "mixtures", "sources"] if self.stems else ["mom", "mixtures"]
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         n = self.cfg.example_samples
-        return {"mom": (n,), "mixtures": (2, n)}
+        out = {"mom": (n,), "mixtures": (2, n)}
+        return {**out, "sources": (4, n)} if self.stems else out
 
     def example(self, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(
@@ -313,16 +349,25 @@ class SeparatorExamples:
             self.windows[self._order.item(index)],
             self.windows[int(rng.integers(len(self.windows)))],
         ]
-        mixtures = []
+        n = self.cfg.example_samples
+        mixtures, sources = [], []
         for ref in refs:
-            crop, _ = random_crop(
-                read_segment(ref.path, ref.start, ref.end), self.cfg.example_samples, rng
-            )
+            crop, start = random_crop(read_segment(ref.path, ref.start, ref.end), n, rng)
+            gain = 1.0
             if self.cfg.levels == "random-peak":
-                crop = peak_normalize(crop, rng, *self.cfg.peak)[0]
+                scaled, level = peak_normalize(crop, rng, *self.cfg.peak)
+                peak = float(np.max(np.abs(crop))) if crop.size else 0.0
+                gain = level / peak if peak > 0 else 1.0
+                crop = scaled
             mixtures.append(crop.astype(np.float32, copy=False))
+            if self.stems and ref.stem is not None:
+                birds = _crop_at(read_segment(ref.stem, ref.start, ref.end), start, n) * gain
+                sources += [birds, mixtures[-1] - birds]
         mom, stacked = make_mom(mixtures[0], mixtures[1])
-        return {"mom": mom, "mixtures": stacked}
+        out = {"mom": mom, "mixtures": stacked}
+        if self.stems:
+            out["sources"] = np.stack(sources).astype(np.float32)
+        return out
 
     def example_list(self, index: int) -> list[np.ndarray]:
         ex = self.example(index)

@@ -68,6 +68,9 @@ class SynthRecording:
     background_present: tuple[str, ...] = ()  # ground truth: who is really audible
     noise: list[str] = field(default_factory=list)
     noise_dbfs: float = 0.0
+    # The vocalisations alone at the recording's gain (audio - birds is the noise bed); only
+    # soundscapes set it. Semi-supervised separator training uses it as a reference stem.
+    birds: np.ndarray | None = None
 
     @property
     def species_present(self) -> tuple[str, ...]:
@@ -215,4 +218,7 @@ def make_soundscape(
         scene.sing_bout(code, span, dist, "chorus", rate)
     audio, gain = scene.mix()
     noise_dbfs += 20 * np.log10(gain)
-    return SynthRecording(audio, scene.events, noise=noise_names, noise_dbfs=noise_dbfs)
+    birds = (scene.track * gain).astype(np.float32)
+    return SynthRecording(
+        audio, scene.events, noise=noise_names, noise_dbfs=noise_dbfs, birds=birds
+    )

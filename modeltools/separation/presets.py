@@ -78,6 +78,10 @@ class SeparatorConfig:
     # Training loss only: False restricts MixIT to assignments that give both mixtures an
     # estimate (losses.mixit); MoMi always searches all 2^M (ALGORITHMS.md §1.8).
     mixit_allow_empty: bool = True
+    # Semi-supervised MixIT (our option; 0 = the paper's unsupervised loss): the training loss
+    # adds this weight times losses.source_mixit of the estimates against the MoM's four known
+    # stems (bird stem and noise bed of each mixture; corpora written with `synth --stems`).
+    supervised_weight: float = 0.0
     example_s: float = 5.0
     # Levels of the two mixtures in a training / validation MoM (MOM_LEVELS above).
     mom_levels: str = "natural"
@@ -113,6 +117,10 @@ class SeparatorConfig:
             )
         if self.num_sources < 2:
             raise SeparatorConfigError("num_sources must be >= 2")
+        if not self.supervised_weight >= 0.0:  # also refuses NaN
+            raise SeparatorConfigError(
+                f"separator supervised_weight must be >= 0, got {self.supervised_weight!r}"
+            )
         object.__setattr__(self, "windows", tuple(self.windows))  # JSON gives a list
         bad = sorted(set(self.windows) - set(WINDOW_KINDS))
         if bad or not self.windows:

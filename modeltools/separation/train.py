@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from agent.errors import ChorusError
-from modeltools.separation.losses import mixit
+from modeltools.separation.losses import mixit, source_mixit
 from modeltools.separation.metrics import momi_per_example
 from modeltools.separation.model import Separator, build_separator
 from modeltools.separation.presets import (
@@ -247,7 +247,20 @@ def train(
 
     data_cfg = DataConfig(example_s=cfg.example_s, levels=cfg.mom_levels)
     if source is None:
-        source = SeparatorExamples(datasets, "train", cfg=data_cfg, seed=seed, kinds=cfg.windows)
+        source = SeparatorExamples(
+            datasets,
+            "train",
+            cfg=data_cfg,
+            seed=seed,
+            kinds=cfg.windows,
+            stems=cfg.supervised_weight > 0,
+        )
+    keys = list(source.keys())
+    if cfg.supervised_weight > 0 and "sources" not in keys:
+        raise SeparatorConfigError(
+            f"supervised_weight {cfg.supervised_weight} needs training examples with stems "
+            "('sources'); the data gives only " + ", ".join(keys)
+        )
     val = (
         _validation_set(datasets, val_examples, seed + 1, cfg.mom_levels, cfg.windows)
         if datasets
@@ -286,6 +299,9 @@ def train(
                 per_example, _ = mixit(
                     b["mixtures"], est, cfg.max_snr_db, allow_empty=cfg.mixit_allow_empty
                 )
+                if cfg.supervised_weight > 0:  # semi-supervised: the stems as well
+                    supervised, _ = source_mixit(b["sources"], est, cfg.max_snr_db)
+                    per_example += cfg.supervised_weight * supervised
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=moms)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))

@@ -254,6 +254,49 @@ def test_separator_examples_random_peak_levels(corpus: Path) -> None:
         SeparatorConfig(levels="loud")
 
 
+def test_stems_sum_to_the_mixtures_and_leave_the_mom_stream_unchanged(
+    corpus: Path, tmp_path: Path
+) -> None:
+    from modeltools.data.audio_io import read_segment
+    from modeltools.data.dataset import BIRDS_STEM, DatasetError
+    from modeltools.data.examples import SeparatorConfig
+
+    out = tmp_path / "stems"
+    assert main(["synth", "--out", str(out), *ARGS, "--stems"]) == 0
+    plain, stems = read_dataset(corpus), read_dataset(out)
+    # The recordings are the same bit for bit; only the soundscapes gain a bird stem.
+    assert {r.id: r.sha256 for r in plain.recordings} == {r.id: r.sha256 for r in stems.recordings}
+    assert "stems" not in json.loads((corpus / "corpus.json").read_text())  # old corpora
+    assert json.loads((out / "corpus.json").read_text())["stems"] is True
+    for r in stems.recordings:
+        assert (BIRDS_STEM in r.annotations) == (r.kind == "soundscape")
+        if r.kind == "soundscape":
+            audio = read_segment(stems.path(r), 0, r.num_samples)
+            birds = read_segment(out / r.annotations[BIRDS_STEM], 0, r.num_samples)
+            noise = audio - birds
+            assert np.sum(birds**2) > 0 and np.sum(noise**2) > 0  # both stems really there
+            assert np.max(np.abs(birds)) <= np.max(np.abs(audio)) * 1.5
+    for levels in ("natural", "random-peak"):
+        cfg = SeparatorConfig(example_s=2.0, levels=levels)
+        with_stems = SeparatorExamples(
+            [stems], "train", cfg=cfg, seed=1, kinds=["soundscape"], stems=True
+        )
+        without = SeparatorExamples([plain], "train", cfg=cfg, seed=1, kinds=["soundscape"])
+        assert with_stems.keys() == ["mom", "mixtures", "sources"]
+        for i in range(4):
+            ex, ref = with_stems.example(i), without.example(i)
+            np.testing.assert_array_equal(ex["mom"], ref["mom"])  # same MoMs
+            src = ex["sources"]
+            assert src.shape == (4, 44100)
+            # [birds 1, noise 1, birds 2, noise 2]: each pair sums to its mixture.
+            np.testing.assert_allclose(src[0] + src[1], ex["mixtures"][0], atol=1e-6)
+            np.testing.assert_allclose(src[2] + src[3], ex["mixtures"][1], atol=1e-6)
+    # No stems in the corpus, or focal windows (which have none): one clear error.
+    for ds, kinds in ((plain, ["soundscape"]), (stems, ["focal", "soundscape"])):
+        with pytest.raises(DatasetError, match=r"no bird stem.*synth --stems"):
+            SeparatorExamples([ds], "train", seed=1, kinds=kinds, stems=True)
+
+
 @pytest.mark.needs_tf
 def test_tf_pipelines_are_deterministic_parallel_and_resumable(corpus: Path) -> None:
     pytest.importorskip("tensorflow")

@@ -16,6 +16,7 @@ from modeltools.separation.losses import (  # noqa: E402
     mixture_consistency,
     negative_snr,
     si_snr,
+    source_mixit,
 )
 from modeltools.separation.metrics import momi, momi_per_example, si_snri  # noqa: E402
 
@@ -116,6 +117,52 @@ def test_mixit_matches_brute_force_on_random_estimates(rng: np.random.Generator)
         want_loss, want_mat = _brute_mixit(refs[b], est[b])
         assert loss.numpy()[b] == pytest.approx(want_loss, abs=1e-3)
         np.testing.assert_array_equal(mat.numpy()[b], want_mat)
+
+
+def _brute_source_mixit(refs: np.ndarray, est: np.ndarray) -> tuple[float, np.ndarray]:
+    # Every estimate to one of K references, K^M ways, in itertools.product order.
+    k, m = refs.shape[0], est.shape[0]
+    best, best_mat = np.inf, None
+    for combo in itertools.product(range(k), repeat=m):
+        mat = np.zeros((k, m), np.float32)
+        mat[list(combo), range(m)] = 1.0
+        loss = np.mean([_np_neg_snr(refs[i], mat[i] @ est) for i in range(k)])
+        if loss < best - 1e-9:
+            best, best_mat = loss, mat
+    return float(best), best_mat
+
+
+def test_source_mixit_matches_brute_force_and_mixit(rng: np.random.Generator) -> None:
+    refs = rng.normal(size=(3, 4, 300)).astype(np.float32)
+    refs[0, 2] = 0.0  # a crop without birds: a silent reference
+    est = rng.normal(size=(3, 4, 300)).astype(np.float32)
+    est[1] = refs[1, [3, 0, 2, 1]] + 0.01 * est[1]
+    loss, mat = source_mixit(refs, est)
+    assert mat.shape == (3, 4, 4)
+    for b in range(3):
+        want_loss, want_mat = _brute_source_mixit(refs[b], est[b])
+        assert loss.numpy()[b] == pytest.approx(want_loss, abs=1e-3)
+        np.testing.assert_array_equal(mat.numpy()[b], want_mat)
+    # The same numbers as exhaustive MixIT with four "mixtures" (which remixes all 256).
+    loss2, mat2 = mixit(refs, est)
+    np.testing.assert_allclose(loss.numpy(), loss2.numpy(), atol=1e-4)
+    np.testing.assert_array_equal(mat.numpy(), mat2.numpy())
+
+
+def test_source_mixit_lets_a_silent_stem_go_without_an_estimate(
+    rng: np.random.Generator,
+) -> None:
+    s = rng.normal(size=(3, 800)).astype(np.float32)
+    # References: birds 1 (silent), noise 1, birds 2, noise 2. The estimates hold noise 1 in
+    # two halves, birds 2 and noise 2: the best assignment sends both halves to noise 1 and
+    # nothing to the silent stem, which then costs 0 dB (not the 80 dB of a forced estimate).
+    refs = np.stack([np.zeros(800, np.float32), s[0], s[1], s[2]])[None]
+    est = np.stack([0.5 * s[0], 0.5 * s[0], s[1], s[2]])[None]
+    loss, mat = source_mixit(refs, est)
+    np.testing.assert_array_equal(
+        mat.numpy()[0], [[0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+    )
+    assert loss.numpy()[0] == pytest.approx((0.0 - 30.0 * 3) / 4, abs=1e-3)
 
 
 def test_mixit_ties_go_to_the_lowest_index() -> None:

@@ -51,6 +51,66 @@ class ToyMoMs:
         return [mixes.sum(0), mixes]
 
 
+class ToyStems(ToyMoMs):
+    """ToyMoMs whose mixtures are a tone ('birds') plus noise, with the four stems."""
+
+    def keys(self) -> list[str]:
+        return ["mom", "mixtures", "sources"]
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**super().shapes(), "sources": (4, self.n)}
+
+    def example_list(self, index: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(index)
+        t = np.arange(self.n) / 22050
+        stems = []
+        for _ in range(2):
+            stems.append(0.3 * np.sin(2 * np.pi * rng.uniform(500, 5000) * t))
+            stems.append(0.05 * rng.normal(size=self.n))
+        src = np.stack(stems).astype(np.float32)
+        mixes = np.stack([src[0] + src[1], src[2] + src[3]])
+        return [mixes.sum(0), mixes, src]
+
+
+def test_supervised_weight_adds_the_stem_loss(tmp_path: Path) -> None:
+    import keras
+
+    from modeltools.separation.losses import source_mixit
+    from modeltools.separation.model import build_separator
+    from modeltools.separation.presets import SeparatorConfigError
+
+    base = get_preset("tiny")
+    source = ToyStems(base.example_samples)
+    kw = dict(data=[], strategy="cpu", log_every=1, val_examples=0, progress=False)
+    first = {}
+    for w in (0.0, 0.5):
+        cfg = get_preset("tiny", supervised_weight=w)
+        train(cfg, run_dir=tmp_path / str(w), steps=1, source=source, **kw)
+        rows = list(csv.DictReader((tmp_path / str(w) / "log.csv").open()))
+        first[w] = float(rows[0]["loss_db"])
+        assert json.loads((tmp_path / str(w) / "config.json").read_text())["supervised_weight"] == w
+    # The first step's loss is MixIT (+ 0.5 x the stem loss) of the seeded initial model on
+    # the first batch.
+    keras.utils.set_random_seed(0)
+    model = build_separator(base, num_samples=base.example_samples)
+    moms = base.batch_size // 2
+    mom, mixes, stems = (
+        np.stack(x) for x in zip(*(source.example_list(i) for i in range(moms)), strict=True)
+    )
+    est = model(mom, training=True)
+    want_mixit = float(tf.reduce_mean(mixit(mixes, est)[0]))
+    want_stems = float(tf.reduce_mean(source_mixit(stems, est)[0]))
+    assert first[0.0] == pytest.approx(want_mixit, abs=1e-3)
+    assert first[0.5] == pytest.approx(want_mixit + 0.5 * want_stems, abs=1e-3)
+    # A source without stems, or a negative weight: one clear error before any step.
+    cfg = get_preset("tiny", supervised_weight=1.0)
+    with pytest.raises(SeparatorConfigError, match="stems"):
+        train(cfg, run_dir=tmp_path / "x", steps=1, source=ToyMoMs(cfg.example_samples), **kw)
+    assert not (tmp_path / "x" / "checkpoints").exists()
+    with pytest.raises(SeparatorConfigError, match="supervised_weight must be >= 0"):
+        get_preset("tiny", supervised_weight=-1.0)
+
+
 def _weights(model: tf.keras.Model) -> list[np.ndarray]:
     return [v.numpy() for v in model.weights]
 
