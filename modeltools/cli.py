@@ -615,6 +615,12 @@ def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         "unlabelled (default: all; e.g. soundscape to select checkpoints on what the test "
         "split of a synthetic corpus holds)",
     )
+    p.add_argument(
+        "--birds",
+        action="store_true",
+        help="score bird-vs-noise separation of single soundscape windows instead of MoMi: "
+        "SI-SNRi of the birds against the corpus' bird stems (needs `synth --stems`)",
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--step", type=int, default=None, help="score checkpoint ckpt-STEP")
     which.add_argument(
@@ -623,6 +629,20 @@ def _add_eval_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
         help="score every kept checkpoint (model selection: use with --split val)",
     )
     return p
+
+
+def _print_birds(res: dict[str, Any]) -> None:
+    def db(x: float | None) -> str:
+        return "—" if x is None else f"{x:.2f} dB"
+
+    print(
+        f"eval-separator: {res['preset']} step {res['step']}: bird SI-SNRi "
+        f"{db(res['bird_sisnri_db'])} (median {db(res['bird_sisnri_median_db'])}) on "
+        f"{res['examples'] - res['without_birds']} {res['split']} soundscape windows with birds "
+        f"({res['without_birds']} without); birds lost in {res['birds_lost']} "
+        f"(without them {db(res['bird_sisnri_not_lost_db'])}); noise-bed SI-SNRi "
+        f"{db(res['noise_sisnri_db'])}; input bird SNR median {db(res['input_bird_snr_median_db'])}"
+    )
 
 
 def _print_momi(res: dict[str, Any]) -> None:
@@ -651,6 +671,7 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
     import json
 
     from modeltools.separation.evaluate import (
+        evaluate_birds,
         evaluate_checkpoints,
         evaluate_oracle,
         evaluate_run,
@@ -660,6 +681,19 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
     if args.oracle is not None and (args.step is not None or args.all_checkpoints):
         raise SeparatorConfigError(
             "--oracle scores ratio masks, not checkpoints: drop --step / --all-checkpoints"
+        )
+    if args.birds and (
+        args.oracle is not None
+        or args.all_checkpoints
+        or args.resample_hz
+        or args.write_examples
+        or args.windows
+        or args.mom_levels != "natural"
+    ):
+        raise SeparatorConfigError(
+            "--birds scores one checkpoint on soundscape windows at the model's rate: drop "
+            "--oracle / --all-checkpoints / --resample-hz / --write-examples / --windows / "
+            "--mom-levels"
         )
 
     common = {
@@ -671,6 +705,9 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
         "mom_levels": args.mom_levels,
         "windows": args.windows,
     }
+    step = args.step
+    ckpt = args.checkpoint / CKPT_DIR / f"ckpt-{step}" if step is not None else None
+    out: Any
     if args.oracle is not None:
         try:
             out = evaluate_oracle(
@@ -679,6 +716,17 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SeparatorConfigError(str(exc)) from None
         _print_momi(out)
+    elif args.birds:
+        out = evaluate_birds(
+            args.checkpoint,
+            args.data,
+            split=args.split,
+            num_examples=args.examples,
+            seed=args.seed,
+            checkpoint=ckpt,
+            progress=sys.stderr.isatty(),
+        )
+        _print_birds(out)
     elif args.all_checkpoints:
         results = evaluate_checkpoints(args.checkpoint, args.data, **common)
         for res in results:
@@ -688,9 +736,8 @@ def _run_eval_separator(args: argparse.Namespace) -> int:
             f"eval-separator: best on {args.split}: step {best['step']} "
             f"(MoMi {best['momi_db']:.2f} dB)"
         )
-        out: Any = {"best_step": best["step"], "checkpoints": results}
+        out = {"best_step": best["step"], "checkpoints": results}
     else:
-        ckpt = args.checkpoint / CKPT_DIR / f"ckpt-{args.step}" if args.step is not None else None
         out = evaluate_run(
             args.checkpoint, args.data, examples_dir=args.write_examples, checkpoint=ckpt, **common
         )

@@ -264,6 +264,42 @@ def test_train_separator_windows_choose_and_record_the_training_mixtures(
     assert not (tmp_path / "s").exists()
 
 
+def test_semi_supervised_training_and_bird_scores_through_the_cli(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stems = tmp_path / "stems"
+    args = ["--species", "3", "--other-species", "1", "--focal-per-species", "2", "1"]
+    args += ["--focal-per-other", "1", "0", "--soundscapes", "1", "1", "2"]
+    args += ["--soundscape-s", "30", "--noise-clips", "1", "1", "--noise-clip-s", "10"]
+    args += ["--no-real-noise", "--workers", "1", "--no-activity", "--stems"]
+    assert main(["-q", "synth", "--out", str(stems), *args]) == 0
+    train = ["train-separator", "--preset", "tiny", "--windows", "soundscape", "--steps", "1"]
+    train += ["--val-examples", "0", "--threads", "1", "--supervised-weight", "1"]
+    assert main([*train, "--data", str(stems), "--out", str(tmp_path / "semi")]) == 0
+    assert json.loads((tmp_path / "semi" / "config.json").read_text())["supervised_weight"] == 1
+    capsys.readouterr()
+    # A corpus without stems, or a negative weight: exit 2 with one line, nothing trained.
+    assert main([*train, "--data", str(runs["corpus"]), "--out", str(tmp_path / "x")]) == 2
+    assert "no bird stem" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "checkpoints").exists()
+    bad = [*train, "--data", str(stems), "--out", str(tmp_path / "y"), "--supervised-weight"]
+    assert main([*bad, "-1"]) == 2
+    assert "supervised_weight must be >= 0" in capsys.readouterr().err
+    # Bird-vs-noise scores of single soundscape windows.
+    report = tmp_path / "birds.json"
+    evaluate = ["eval-separator", "--checkpoint", str(runs["sep"]), "--birds", "--threads", "1"]
+    code = main([*evaluate, "--data", str(stems), "--examples", "6", "--json", str(report)])
+    assert code == 0
+    res = json.loads(report.read_text())
+    assert res["examples"] == 6 and res["windows"] == ["soundscape"]
+    assert res["examples"] - res["without_birds"] >= 1 and np.isfinite(res["bird_sisnri_db"])
+    assert "bird SI-SNRi" in capsys.readouterr().out
+    assert main([*evaluate, "--data", str(runs["corpus"])]) == 2
+    assert "no bird stem" in capsys.readouterr().err
+    assert main([*evaluate, "--data", str(stems), "--resample-hz", "16000"]) == 2
+    assert "--birds scores one checkpoint" in capsys.readouterr().err
+
+
 def test_existing_output_needs_force(runs: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     code = main(
         [

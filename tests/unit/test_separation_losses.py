@@ -165,6 +165,30 @@ def test_source_mixit_lets_a_silent_stem_go_without_an_estimate(
     assert loss.numpy()[0] == pytest.approx((0.0 - 30.0 * 3) / 4, abs=1e-3)
 
 
+def test_bird_breakdown_groups_the_channels_by_the_stems(rng: np.random.Generator) -> None:
+    from modeltools.separation.evaluate import bird_breakdown
+
+    birds = 0.3 * rng.normal(size=(3, 1000)).astype(np.float32)
+    noise = rng.normal(size=(3, 1000)).astype(np.float32)
+    birds[2] = 0.0  # a window without birds
+    mixture = birds + noise
+    zero = np.zeros_like(noise)
+    est = np.stack(
+        [
+            [noise[0] / 2, birds[0], noise[0] / 2, zero[0]],  # perfect, birds in channel 1
+            [mixture[1], zero[1], zero[1], zero[1]],  # no separation: the birds are lost
+            [mixture[2] / 2, mixture[2] / 2, zero[2], zero[2]],
+        ]
+    ).astype(np.float32)
+    out = bird_breakdown(mixture, birds, noise, est)
+    np.testing.assert_array_equal(out["has_birds"], [True, True, False])
+    np.testing.assert_array_equal(out["birds_lost"][:2], [False, True])
+    # SI-SNR of the mixture against its birds, 0.3 x the noise's level: about -10.5 dB.
+    assert out["input_bird_snr_db"][0] == pytest.approx(-10.5, abs=1.0)
+    assert out["bird_sisnri_db"][0] > 60 and out["noise_sisnri_db"][0] > 60
+    assert out["bird_sisnri_db"][1] < -50  # silence scores as a loss, not a skip
+
+
 def test_mixit_ties_go_to_the_lowest_index() -> None:
     # All-zero estimates: every assignment gives the same loss -> index 0 (all to mixture 0).
     refs = np.ones((1, 2, 50), np.float32)
