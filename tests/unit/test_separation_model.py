@@ -60,7 +60,7 @@ def test_param_count_matches_keras(overrides: dict) -> None:
 
 def test_edge_presets_are_much_cheaper_than_paper() -> None:
     paper = count_cost(PRESETS["paper"])["macs"]
-    for name in ("edge", "edge-long", "edge-small"):
+    for name in ("edge", "edge-long", "edge-small", "edge-stft256"):
         assert count_cost(PRESETS[name])["macs"] < paper / 30
         assert PRESETS[name].receptive_field_s > 0.5  # still sees most of a song phrase
 
@@ -73,6 +73,22 @@ def test_edge_long_trades_frames_for_width_at_about_the_cost_of_edge() -> None:
     assert PRESETS["edge-long"].receptive_field_s == pytest.approx(
         2 * PRESETS["edge"].receptive_field_s
     )
+
+
+def test_edge_stft256_trades_frames_for_width_and_starts_from_an_invertible_fourier_frame() -> None:
+    edge, stft = PRESETS["edge"], PRESETS["edge-stft256"]
+    c_edge, c_stft = count_cost(edge), count_cost(stft)
+    assert c_stft["frames"] * 8 == pytest.approx(c_edge["frames"], abs=8)  # hop 128 vs 16
+    assert c_stft["macs"] < c_edge["macs"] and c_stft["elementwise"] < c_edge["elementwise"] / 3
+    assert stft.receptive_field_s > 5.0  # the whole 5-s window
+    assert stft.basis_init == "stft"
+    analysis, synthesis = stft_basis(stft.window, stft.hop, stft.num_coeffs)
+    assert analysis.shape == (256, 1, 512) and synthesis.shape == (512, 256)
+    # A tight frame: synthesis after a ReLU'd +/- analysis returns the frame exactly.
+    x = np.random.default_rng(0).standard_normal(stft.window).astype(np.float32)
+    coeffs = np.maximum(analysis[:, 0, :].T @ x, 0.0)
+    w = np.sqrt(2.0 / 2) * np.sin(np.pi * (np.arange(256) + 0.5) / 256)
+    np.testing.assert_allclose(coeffs @ synthesis, x * w**2, atol=1e-4)
 
 
 @pytest.mark.parametrize("consistency", ["pred_source", "uniform", "magsq", "none"])
