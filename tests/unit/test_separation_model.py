@@ -75,20 +75,15 @@ def test_edge_long_trades_frames_for_width_at_about_the_cost_of_edge() -> None:
     )
 
 
-def test_edge_stft256_trades_frames_for_width_and_starts_from_an_invertible_fourier_frame() -> None:
+def test_edge_stft256_trades_frames_for_width_from_a_fourier_start() -> None:
     edge, stft = PRESETS["edge"], PRESETS["edge-stft256"]
     c_edge, c_stft = count_cost(edge), count_cost(stft)
     assert c_stft["frames"] * 8 == pytest.approx(c_edge["frames"], abs=8)  # hop 128 vs 16
     assert c_stft["macs"] < c_edge["macs"] and c_stft["elementwise"] < c_edge["elementwise"] / 3
     assert stft.receptive_field_s > 5.0  # the whole 5-s window
+    # Its Fourier start is invertible: (256, 128, 512) is one of the shapes that
+    # test_stft_basis_reconstructs_the_input_exactly runs through the model.
     assert stft.basis_init == "stft"
-    analysis, synthesis = stft_basis(stft.window, stft.hop, stft.num_coeffs)
-    assert analysis.shape == (256, 1, 512) and synthesis.shape == (512, 256)
-    # A tight frame: synthesis after a ReLU'd +/- analysis returns the frame exactly.
-    x = np.random.default_rng(0).standard_normal(stft.window).astype(np.float32)
-    coeffs = np.maximum(analysis[:, 0, :].T @ x, 0.0)
-    w = np.sqrt(2.0 / 2) * np.sin(np.pi * (np.arange(256) + 0.5) / 256)
-    np.testing.assert_allclose(coeffs @ synthesis, x * w**2, atol=1e-4)
 
 
 @pytest.mark.parametrize("consistency", ["pred_source", "uniform", "magsq", "none"])
@@ -166,7 +161,7 @@ def test_overlap_add_matches_numpy() -> None:
 
 @pytest.mark.parametrize(
     ("window", "hop", "coeffs"),
-    [(32, 16, 128), (64, 32, 256), (22, 11, 256), (32, 8, 64), (8, 8, 16)],
+    [(32, 16, 128), (64, 32, 256), (256, 128, 512), (22, 11, 256), (32, 8, 64), (8, 8, 16)],
 )
 def test_stft_basis_reconstructs_the_input_exactly(window: int, hop: int, coeffs: int) -> None:
     cfg = get_preset("tiny", window=window, hop=hop, num_coeffs=coeffs, basis_init="stft")
