@@ -24,7 +24,7 @@ from agent.config import DetectionConfig
 from agent.detection.combine import Combined, Mode, channel_names, combine_channels
 from agent.detection.events import DetectionContext, EventDetector
 from agent.detection.types import Detection
-from agent.models.stages import ClassifierStage, LoadedModels
+from agent.models.stages import ClassifierStage, LoadedModels, require_finite
 from agent.sinks import Sink
 from agent.windowing import Window, Windower
 
@@ -44,6 +44,8 @@ class PipelineStats:
     sink_errors: int = 0
     window_errors: int = 0
     dropped_samples: int = 0
+    nonfinite_samples: int = 0  # NaN/Inf input samples, skipped as gaps (never classified)
+    nonfinite_gaps: int = 0
 
     @property
     def real_time_factor(self) -> float:
@@ -86,11 +88,9 @@ class Inference:
         # separated_only still classifies the mix: mix-only classes (``unknown``) read it.
         scores = []
         for clf in self.models.classifiers:
-            logits = clf.classify(channels)  # (K, C)
-            if not np.all(np.isfinite(logits)):
-                # NaN would silently never pass a threshold; count it as a failed window so
-                # health reports (and an OTA probation) see it.
-                raise FloatingPointError(f"classifier {clf.name} returned NaN/Inf logits")
+            # NaN would silently never pass a threshold; raising counts a failed window that
+            # health reports (and an OTA probation) see.
+            logits = require_finite(clf.classify(channels), f"classifier {clf.name}")  # (K, C)
             scores.append((clf, combine_channels(logits, self.mode, clf.mix_only_indices)))
         t2 = time.perf_counter()
         self.stats.separator_s += t1 - t0
@@ -169,10 +169,26 @@ class StreamProcessor:
 
     def push(self, chunk: AudioChunk) -> list[Detection]:
         out: list[Detection] = []
-        for window in self.windower.push(chunk):
+        gaps_before = self.windower.nonfinite_gaps
+        samples_before = self.windower.nonfinite_samples
+        windows = self.windower.push(chunk)
+        self._count_nonfinite(gaps_before, samples_before)
+        for window in windows:
             out += self._process(window)
         self.stats.dropped_samples = self.windower.dropped_samples
         return out
+
+    def _count_nonfinite(self, gaps_before: int, samples_before: int) -> None:
+        """Add the windower's new NaN/Inf gaps to the stats; warn at a stream's first one."""
+        w = self.windower
+        self.stats.nonfinite_gaps += w.nonfinite_gaps - gaps_before
+        self.stats.nonfinite_samples += w.nonfinite_samples - samples_before
+        if gaps_before == 0 and w.nonfinite_gaps:
+            log.warning(
+                "%s: non-finite samples (NaN/Inf) in the audio: skipped as a gap, never "
+                "classified (counted in nonfinite_samples)",
+                self.info.name,
+            )
 
     def finish(self) -> list[Detection]:
         """End of stream: last partial window, then close every open event."""
@@ -181,6 +197,13 @@ class StreamProcessor:
             out += self._process(window)
         out += self._close_events()
         self._recent.clear()
+        if self.windower.nonfinite_samples:
+            log.warning(
+                "%s: %.3f s of non-finite samples (NaN/Inf) in %d gap(s) skipped",
+                self.info.name,
+                self.windower.nonfinite_samples / self.windower.sample_rate_hz,
+                self.windower.nonfinite_gaps,
+            )
         return out
 
     def reanchor(self, jump_s: float) -> list[Detection]:
@@ -206,6 +229,12 @@ class StreamProcessor:
         t0 = time.perf_counter()
         try:
             result = self.inference.run(window)
+        except FloatingPointError as exc:  # a stage answered NaN/Inf: a known fault, no trace
+            self.stats.window_errors += 1
+            log.error(
+                "inference failed on window %d (%.2f s): %s", window.index, window.start_s, exc
+            )
+            return []
         except Exception:  # a running stage catches, counts, logs and continues
             self.stats.window_errors += 1
             log.exception("inference failed on window %d (%.2f s)", window.index, window.start_s)

@@ -3,10 +3,17 @@
 Time comes from the sample clock only: a window's UTC start is computed from its integer sample
 index and the stream's start time, so timestamps stay exact (to the microsecond) over days of
 audio and never drift with wall-clock jitter.
+
+Non-finite samples (NaN, +-Inf: a broken decoder, a float WAV written by a crashed recorder) are
+a gap, like a lost device: no window ever contains one, the window in progress is discarded, and
+the stream resumes at the next finite sample. A model fed NaN does not fail, it answers with a
+constant (an int8 input quantizes NaN to one fixed value), so this is the only place that can
+keep such audio from becoming a confident detection.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -130,10 +137,34 @@ class Windower:
         self._covered_end = 0  # end index of the real audio covered by emitted windows
         self._count = 0
         self.dropped_samples = 0  # audio discarded at discontinuities (partial windows)
+        self.nonfinite_samples = 0  # NaN/Inf samples skipped as gaps
+        self.nonfinite_gaps = 0  # runs of them (one stretch over several chunks counts once)
+        self._in_nonfinite = False  # the last sample pushed was non-finite: the next is a gap
 
     def push(self, chunk: AudioChunk) -> list[Window]:
-        """Add a chunk; return the windows it completed (oldest first)."""
-        if self._next_start is None or chunk.discontinuity:
+        """Add a chunk; return the windows it completed (oldest first).
+
+        Non-finite samples are cut out and the audio after them starts a new segment (see the
+        module docstring): they never reach a window.
+        """
+        finite = np.isfinite(chunk.samples)
+        if finite.all():
+            gap, self._in_nonfinite = self._in_nonfinite, False
+            return self._push(chunk, gap)
+        windows: list[Window] = []
+        for start, stop, ok in _runs(finite):
+            if not ok:
+                self.nonfinite_samples += stop - start
+                self.nonfinite_gaps += 0 if start == 0 and self._in_nonfinite else 1
+                self._in_nonfinite = True
+                continue
+            part = AudioChunk(chunk.samples[start:stop], chunk.first_sample_index + start)
+            windows += self._push(part, self._in_nonfinite or (start == 0 and chunk.discontinuity))
+            self._in_nonfinite = False
+        return windows
+
+    def _push(self, chunk: AudioChunk, after_gap: bool) -> list[Window]:
+        if self._next_start is None or chunk.discontinuity or after_gap:
             if self._next_start is not None:
                 self.dropped_samples += max(0, self._ring.end_index - self._covered_end)
             self._ring.reset(chunk.first_sample_index)
@@ -180,3 +211,10 @@ class Windower:
         self._covered_end = self._next_start + valid
         self._next_start += self.hop_samples
         return window
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int, bool]]:
+    """(start, stop, value) of each run of equal values in a 1-D boolean array."""
+    edges = np.flatnonzero(mask[1:] != mask[:-1]) + 1
+    bounds = [0, *edges.tolist(), int(mask.shape[0])]
+    return [(a, b, bool(mask[a])) for a, b in itertools.pairwise(bounds)]

@@ -74,7 +74,21 @@ class Separator:
         non-finite) window runs unscaled: there is no gain that would normalize it.
         """
         x = np.asarray(window, dtype=np.float32)[np.newaxis, :]
-        return peak_scaled(self.model.run, x, self.spec.input_peak)[0]
+        sources = peak_scaled(self.model.run, x, self.spec.input_peak)[0]
+        return require_finite(sources, "separator")
+
+
+def require_finite(values: np.ndarray, stage: str) -> np.ndarray:
+    """``values`` if every element is finite, else FloatingPointError naming ``stage``.
+
+    A stage that answers NaN or Inf has failed: its output must not reach the next stage, where
+    an int8 model would quantize NaN to a constant and answer with a confident, meaningless
+    score. The pipeline counts the error as a failed window, which an OTA probation sees.
+    """
+    if not np.all(np.isfinite(values)):
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        raise FloatingPointError(f"{stage} output {bad} non-finite value(s) (NaN/Inf)")
+    return values
 
 
 def peak_scaled(
@@ -147,12 +161,14 @@ class Classifier:
         out = np.empty((len(self.members), channels.shape[0], len(self.labels)), np.float32)
         # The native frontend does every channel in one pass; its features feed every member.
         feats = self.native.features_batch(channels) if self.native is not None else None
+        if feats is not None:
+            require_finite(feats, f"classifier {self.name} frontend")
         for k in range(channels.shape[0]):
             x = channels[k][np.newaxis, :]
             if feats is not None:
                 x = feats[k : k + 1]
             elif self.frontend is not None:
-                x = self.frontend.run(x)
+                x = require_finite(self.frontend.run(x), f"classifier {self.name} frontend")
             for e, model in enumerate(self.members):
                 out[e, k] = model.run(x)[0]
         return out

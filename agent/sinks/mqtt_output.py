@@ -132,7 +132,12 @@ class MqttOutput:
         self._snapshot = (
             pipeline_counters(processor.stats),
             processor.info.name,
-            dict(source.stats()),
+            # NaN/Inf input skipped as gaps: a fault of the audio, reported with its counters.
+            {
+                **source.stats(),
+                "nonfinite_samples": processor.stats.nonfinite_samples,
+                "nonfinite_gaps": processor.stats.nonfinite_gaps,
+            },
             (manifest.name, manifest.version),
         )
         self._publish_status()

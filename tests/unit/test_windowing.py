@@ -109,3 +109,37 @@ def test_unflagged_gap_is_an_error() -> None:
     w.push(AudioChunk(np.zeros(30, dtype=np.float32), 0))
     with pytest.raises(ValueError, match="discontinuities"):
         w.push(AudioChunk(np.zeros(30, dtype=np.float32), 40))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 300), min_size=1, max_size=30),
+    stretches=st.lists(st.tuples(st.integers(0, 2000), st.integers(1, 120)), max_size=4),
+    value=st.sampled_from([np.nan, np.inf, -np.inf]),
+)
+def test_nonfinite_samples_are_a_gap_for_any_chunking(
+    sizes: list[int], stretches: list[tuple[int, int]], value: float
+) -> None:
+    """No window ever holds a NaN/Inf sample; every one is counted; windows restart after."""
+    signal = np.arange(2000, dtype=np.float32)
+    for start, n in stretches:
+        signal[start : start + n] = value
+    w = Windower(100, 50, 100, T0)
+    windows = [x for c in chunks_of(signal, sizes) for x in w.push(c)] + w.flush()
+    bad = ~np.isfinite(signal)
+    assert w.nonfinite_samples == int(bad.sum())
+    assert w.nonfinite_gaps == int(np.count_nonzero(np.diff(bad.astype(int), prepend=0) == 1))
+    for win in windows:
+        assert np.all(np.isfinite(win.samples))
+        real = signal[win.start_sample_index : win.start_sample_index + win.valid_samples]
+        np.testing.assert_array_equal(win.samples[: win.valid_samples], real)
+
+
+def test_nonfinite_stretch_over_chunks_is_one_gap_and_drops_the_window_in_progress() -> None:
+    w = Windower(100, 50, 100, T0)
+    assert len(w.push(AudioChunk(np.ones(130, dtype=np.float32), 0))) == 1
+    assert w.push(AudioChunk(np.full(70, np.nan, dtype=np.float32), 130)) == []
+    after = w.push(AudioChunk(np.r_[np.full(20, np.inf), np.ones(120)].astype(np.float32), 200))
+    assert [x.start_sample_index for x in after] == [220]  # the grid restarts after the gap
+    assert (w.nonfinite_samples, w.nonfinite_gaps) == (90, 1)
+    assert w.dropped_samples == 30  # samples 100..130: a partial window before the gap
