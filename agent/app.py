@@ -208,6 +208,8 @@ class FileReport:
     windows: int
     detections: int
     raven: str
+    truncated: bool = False  # decoded less audio than the header promised (duration_s: decoded)
+    nonfinite_s: float = 0.0  # NaN/Inf audio skipped as gaps
 
 
 @dataclass
@@ -254,6 +256,7 @@ def analyze_files(
             bar = _ProgressBar(path.name, enabled=progress)
             windows_before = engine.stats.windows
             detections_before = engine.stats.detections
+            nonfinite_before = engine.stats.nonfinite_samples
 
             def make(
                 info: StreamInfo, raven: RavenSink = raven, bar: _ProgressBar = bar
@@ -271,11 +274,15 @@ def analyze_files(
             reports.append(
                 FileReport(
                     str(path),
-                    float(info.duration_s or 0.0),
+                    round(source.decoded_s, 6),  # not the header's length: it may be truncated
                     info.start_utc.isoformat(),
                     engine.stats.windows - windows_before,
                     engine.stats.detections - detections_before,
                     str(raven_path),
+                    source.truncated,
+                    round(
+                        (engine.stats.nonfinite_samples - nonfinite_before) / info.sample_rate_hz, 6
+                    ),
                 )
             )
     finally:

@@ -136,7 +136,10 @@ class FileSource:
         self._eof = False
         self._finished = False
         self._frames_read = 0
+        self._header_frames = 0
+        self._rate_hz = 0
         self._chunks = 0
+        self.truncated = False  # the file held less audio than its header promised
         self.info: StreamInfo | None = None
 
     def open(self) -> StreamInfo:
@@ -147,6 +150,7 @@ class FileSource:
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise AudioSourceError(f"{self.path}: cannot read audio: {_reason(exc)}") from None
         self._resampler = StreamResampler(rate, self.target_rate_hz)
+        self._rate_hz, self._header_frames = rate, frames
         duration_s = frames / rate
         start = self._start_utc_arg or parse_filename_utc(self.path.name)
         if start is None:
@@ -200,9 +204,10 @@ class FileSource:
                 data = self._file.read(block_frames, dtype="float32", always_2d=True)
             except (sf.LibsndfileError, RuntimeError, OSError) as exc:
                 raise AudioSourceError(f"{self.path}: read failed: {_reason(exc)}") from None
+            self._frames_read += data.shape[0]
             if data.shape[0] < block_frames:
                 self._eof = True
-            self._frames_read += data.shape[0]
+                self._check_length()
             mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
             out = self._resampler.process(mono)
             if self._eof:
@@ -212,6 +217,26 @@ class FileSource:
                 self._next_index += out.shape[0]
                 return chunk
         return None
+
+    @property
+    def decoded_s(self) -> float:
+        """Seconds of audio actually decoded so far (the whole file once finished)."""
+        return self._frames_read / self._rate_hz if self._rate_hz else 0.0
+
+    def _check_length(self) -> None:
+        """At the end of the file: warn if it ended before the length its header gives (a
+        truncated MP3 or WAV). Compressed headers estimate their length, so 1% (at least 0.1 s)
+        is tolerated."""
+        missing = self._header_frames - self._frames_read
+        if missing > max(0.01 * self._header_frames, 0.1 * self._rate_hz):
+            self.truncated = True
+            log.warning(
+                "%s: truncated or damaged: its header gives %.1f s but only %.1f s could be "
+                "decoded; analysed what was there",
+                self.path,
+                self._header_frames / self._rate_hz,
+                self.decoded_s,
+            )
 
     def close(self) -> None:
         if self._file is not None:
