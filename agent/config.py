@@ -226,6 +226,9 @@ class MqttConfig(_Section):
     outbox_max_rows: Annotated[int, Field(ge=1)] = 100_000  # oldest pruned (and counted) beyond
     outbox_max_age_s: PositiveFloat | None = 2_592_000.0  # 30 days; null = no age limit
     outbox_fsync: bool = True  # fsync every commit (survives power loss, not only crashes)
+    # The disk floor: below this many free bytes on the outbox's file system the outbox stops
+    # growing and prunes its oldest rows (counted) to make room for new ones; 0 = no floor.
+    outbox_min_free_bytes: Annotated[int, Field(ge=0)] = 32 * 1024 * 1024
     status_interval_s: PositiveFloat = 60.0  # retained heartbeat on <prefix>/<device>/status
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 

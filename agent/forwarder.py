@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
+from agent.errors import ChorusError
 from agent.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class Forwarder:
         self._paused_until = 0.0
         self._published = self._acked_total = self._refused = self._rejected = 0
         self._loss_ids: deque[str] = deque(maxlen=_MAX_LOSS_IDS)
+        self._error_text: str | None = None  # the failing condition already logged
+        self._errors = 0  # failed rounds since it began
         self._thread: threading.Thread | None = None
         publisher.add_listener(on_connect=self.notify, on_disconnect=self._on_connection_lost)
 
@@ -143,10 +146,14 @@ class Forwarder:
         """Delete the rows acknowledged so far (called after the client has closed)."""
         with self._cond:
             acked, self._acked = self._acked, []
-        if acked:
-            self.outbox.delete(acked)
-        with self._cond:
-            self._acked_set.difference_update(acked)
+        failure = self._delete_acked(acked)
+        if failure is not None:
+            log.warning(
+                "could not delete %d acknowledged detection(s) from the outbox (%s); they "
+                "will be sent again at the next start",
+                len(acked),
+                failure,
+            )
 
     # -- callbacks (network thread: keep them short) -----------------------------------------
 
@@ -198,26 +205,53 @@ class Forwarder:
                 acked, self._acked = self._acked, []
                 self._wake = False
             try:
-                if acked:
-                    try:
-                        self.outbox.delete(acked)
-                    except Exception:
-                        with self._cond:  # keep them: delete again on the next round
-                            self._acked[:0] = acked
-                        raise
-                    with self._cond:
-                        self._acked_set.difference_update(acked)
+                # A failed delete keeps the rows (in _acked_set: never published again by this
+                # process) and does not stop the rest of the outbox from being sent.
+                failure = self._delete_acked(acked)
                 if time.monotonic() >= next_prune:
                     self.outbox.prune_expired()
                     next_prune = time.monotonic() + self.prune_every_s
                 self._publish_some()
-            except Exception:
-                # A failing disk must not kill the thread: log, back off, try again.
-                log.exception("outbox forwarder error; retrying in %.1f s", self.retry_s)
+                if failure is not None:
+                    raise failure
+                self._recovered()
+            except Exception as exc:
+                # A failing disk must not kill the thread: say so once, back off, try again.
+                self._failed(exc)
                 with self._cond:
                     self._paused_until = time.monotonic() + self.retry_s
                     if not self._stopping:
                         self._cond.wait(self.retry_s)  # no busy loop on a failing disk
+
+    def _delete_acked(self, acked: list[int]) -> Exception | None:
+        if not acked:
+            return None
+        try:
+            self.outbox.delete(acked)
+        except Exception as exc:
+            with self._cond:  # keep them: delete again on the next round
+                self._acked[:0] = acked
+            return exc
+        with self._cond:
+            self._acked_set.difference_update(acked)
+        return None
+
+    def _failed(self, exc: Exception) -> None:
+        """Log a failure once per condition (the same message again is only counted)."""
+        self._errors += 1
+        text = str(exc)
+        if text == self._error_text:
+            return
+        self._error_text = text
+        if isinstance(exc, ChorusError):  # explains itself: one line, no traceback
+            log.warning("outbox forwarder: %s; retrying every %.1f s", text, self.retry_s)
+        else:
+            log.exception("outbox forwarder error; retrying every %.1f s", self.retry_s)
+
+    def _recovered(self) -> None:
+        if self._error_text is not None:
+            log.info("outbox forwarder recovered after %d failed round(s)", self._errors)
+            self._error_text, self._errors = None, 0
 
     def _room(self) -> int:
         return self.max_inflight - len(self._inflight)

@@ -24,6 +24,7 @@ from agent.config import DetectionConfig
 from agent.detection.combine import Combined, Mode, channel_names, combine_channels
 from agent.detection.events import DetectionContext, EventDetector
 from agent.detection.types import Detection
+from agent.errors import ChorusError
 from agent.models.stages import ClassifierStage, LoadedModels, require_finite
 from agent.sinks import Sink
 from agent.windowing import Window, Windower
@@ -114,6 +115,8 @@ class StreamProcessor:
     detectors: list[EventDetector] = field(init=False)
     # Channels of recent windows, kept only while an open event may take its clip from them.
     _recent: dict[int, np.ndarray] = field(init=False, default_factory=dict)
+    # id(sink) -> the error it last failed with, logged once while it lasts
+    _sink_failing: dict[int, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         models = self.inference.models
@@ -263,9 +266,20 @@ class StreamProcessor:
             for sink in self.sinks:
                 try:
                     sink.emit(d)
+                except ChorusError as exc:  # a known condition (a full disk): once, then counted
+                    self.stats.sink_errors += 1
+                    if self._sink_failing.get(id(sink)) != str(exc):
+                        log.error(
+                            "sink %s failed: %s (counted in sink_errors)", type(sink).__name__, exc
+                        )
+                    self._sink_failing[id(sink)] = str(exc)
+                    continue
                 except Exception:
                     self.stats.sink_errors += 1
                     log.exception("sink %s failed on detection %s", type(sink).__name__, d.id)
+                    continue
+                if self._sink_failing.pop(id(sink), None) is not None:
+                    log.info("sink %s works again", type(sink).__name__)
             self._save_clip(d)
 
     def _save_clip(self, d: Detection) -> None:

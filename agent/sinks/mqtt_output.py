@@ -72,7 +72,13 @@ class MqttOutput:
         )
         path = Path(outbox_path or mqtt.outbox_path or default_outbox_path())
         self.state_dir = path.parent
-        self.outbox = Outbox(path, mqtt.outbox_max_rows, mqtt.outbox_max_age_s, mqtt.outbox_fsync)
+        self.outbox = Outbox(
+            path,
+            mqtt.outbox_max_rows,
+            mqtt.outbox_max_age_s,
+            mqtt.outbox_fsync,
+            min_free_bytes=mqtt.outbox_min_free_bytes,
+        )
         try:
             self.client = MqttSink(mqtt, config.device_id, client_factory)
         except BaseException:
