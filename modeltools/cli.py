@@ -18,6 +18,7 @@ from typing import Any
 from agent.errors import ChorusError
 from modeltools.argtypes import comma_list
 from modeltools.evaluation import cli as evaluation_cli
+from modeltools.evaluation import real_report
 from modeltools.export import cli as export_cli
 from modeltools.ota import cli as ota_cli
 from modeltools.packaging import verify_cli
@@ -868,6 +869,7 @@ _COMMANDS: list[tuple[Adder, Runner]] = [
     (export_cli.add_parity, export_cli.run_parity),
     (verify_cli.add_bundle_parser, verify_cli.run_bundle),
     (evaluation_cli.add_evaluate, evaluation_cli.run_evaluate),
+    (real_report.add_benchmark, real_report.run_benchmark),
     (ota_cli.add_keys, ota_cli.run_keys),
     (ota_cli.add_publish, ota_cli.run_publish),
     (ota_cli.add_rollback, ota_cli.run_rollback),
