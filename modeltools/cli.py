@@ -213,7 +213,13 @@ def _add_ingest(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ingest", help="decode/resample a folder of recordings into a dataset (manifest + WAV)"
     )
-    p.add_argument("source", type=Path, help="folder with the recordings")
+    p.add_argument(
+        "source",
+        type=Path,
+        nargs="+",
+        help="folder(s) with the recordings (several: one dataset, ids prefixed by folder name); "
+        "real audio of ../shared/data obeys its split (shared/docs/REAL-AUDIO.md)",
+    )
     p.add_argument("--out", type=Path, required=True, help="dataset folder (created/resumed)")
     p.add_argument(
         "--metadata",
@@ -224,7 +230,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument(
         "--taxonomy", type=Path, default=None, help="label table every label must map to"
     )
-    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="how labels are given")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="how labels are given (unlabelled: none, annotation sidecars ignored)",
+    )
     p.add_argument(
         "--split",
         choices=("train", "val", "test", "hash"),
@@ -487,6 +498,15 @@ def _add_train_separator(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
         "focal, soundscape, unlabelled (default: all; soundscape matches the test split of a "
         "synthetic corpus)",
     )
+    p.add_argument(
+        "--real-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="fraction of training MoMs drawn from the real (ingested) --data datasets, the "
+        "rest from the synthetic corpora (default: one pool of all windows); recorded in "
+        "config.json, as are the real files that went in (real_audio)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=200, help="(default: 200)")
     p.add_argument(
         "--keep-checkpoints",
@@ -517,6 +537,7 @@ def _run_train_separator(args: argparse.Namespace) -> int:
         windows=args.windows,
         basis_init=args.basis_init,
         supervised_weight=args.supervised_weight,
+        real_fraction=args.real_fraction,
     )
     row = train(
         cfg,

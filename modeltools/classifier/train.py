@@ -1,10 +1,12 @@
 """Classifier training loop: tf.distribute strategy, Adam (eps 0.01), checkpoints and resume.
 
-A run folder holds ``run.json`` (config, class counts, seed, data), ``ckpt/`` (model +
-optimizer + step, for ``--resume``), ``train.csv`` (loss per head, examples/s), ``eval.csv``
-(validation CMAP/lwlrap/top-1 on val soundscape segments), ``best.weights.h5`` (best val CMAP),
-``final.weights.h5`` and ``summary.json``. The input stream is a pure function of (seed,
-example index), so a resumed run continues exactly where the interrupted one stopped.
+A run folder holds ``run.json`` (config, class counts, seed, data, and ``real_audio``: the
+shared real files that went in; evaluation-only real audio is refused, REAL-AUDIO.md),
+``ckpt/`` (model + optimizer + step, for ``--resume``), ``train.csv`` (loss per head,
+examples/s), ``eval.csv`` (validation CMAP/lwlrap/top-1 on val soundscape segments),
+``best.weights.h5`` (best val CMAP), ``final.weights.h5`` and ``summary.json``. The input
+stream is a pure function of (seed, example index), so a resumed run continues exactly where
+the interrupted one stopped.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ def _truncate_csv(path: Path, max_step: int) -> None:
 
 
 def _prepare_run(cfg: ClassifierConfig, datasets: Sequence[Dataset], opts: RunOptions) -> tuple:
+    from modeltools.data.real_split import check_datasets
+
+    real_audio = check_datasets(datasets, "classifier training")  # raises before any write
     out = opts.out
     meta_path = out / "run.json"
     if meta_path.is_file():
@@ -126,6 +131,7 @@ def _prepare_run(cfg: ClassifierConfig, datasets: Sequence[Dataset], opts: RunOp
         "taxonomy_version": tax.version,
         "seed": opts.seed,
         "data": [str(d.root) for d in datasets],
+        "real_audio": real_audio,
     }
     meta_path.write_text(json.dumps(meta, indent=1))
     return cfg, meta

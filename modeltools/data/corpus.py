@@ -38,6 +38,7 @@ from modeltools.data.audio_io import SAMPLE_RATE_HZ, write_wav
 from modeltools.data.dataset import BIRDS_STEM, Recording, Segment, read_dataset, write_dataset
 from modeltools.data.jobs import Journal, progress
 from modeltools.data.noise import REAL_NOISE, NoiseBank, default_shared_data_dir
+from modeltools.data.real_split import SPAN_MARKER
 from modeltools.data.recordings import (
     FocalConfig,
     SoundscapeConfig,
@@ -149,7 +150,7 @@ def _build(item: _Item) -> dict[str, Any]:
         src = next(r for r in bank.real if r.name == item.source)
         rel = f"noise/{item.split}/{item.key}.wav"
         audio = src.samples * 0.1  # unit RMS -> -20 dBFS RMS
-        meta.update(source=item.source, pool=item.split)
+        meta.update(source=item.source, pool=item.split, span_s=list(src.span_s))
         kind = "noise"
     elif item.kind == "noise":
         rng = item_rng(cfg.seed, item.split, "noise", item.index)
@@ -255,7 +256,9 @@ def write_corpus(
     shared = Path(shared) if shared else None
     if shared is None and shared_data_dir == "auto":
         log.warning("no shared/data folder found: noise beds will be synthetic only")
-    settings = {**cfg.to_json(), "real_noise": shared is not None}
+    settings: dict[str, Any] = {**cfg.to_json(), "real_noise": shared is not None}
+    if shared is not None:  # real noise beds cut to their training span (real_split)
+        settings["real_noise_span"] = SPAN_MARKER
     cfg_path = root / "corpus.json"
     journal = Journal(root / ".synth.journal.jsonl")
     if cfg_path.exists():

@@ -290,9 +290,20 @@ def _crop_at(x: np.ndarray, start: int, length: int) -> np.ndarray:
     return out
 
 
+def is_synthetic(ds: Dataset) -> bool:
+    """Whether ``ds`` is a synthetic corpus (``chorus-models synth``) rather than recordings."""
+    return isinstance(ds.info.get("generator"), dict)
+
+
 class SeparatorExamples:
     """MixIT training examples: two random crops of unlabelled windows and their sum (the MoM),
     at their recorded levels or each at a random peak level (``cfg.levels``).
+
+    Separators need no labels, so the datasets' taxonomies need not agree: an unlabelled real
+    dataset (``ingest --layout unlabelled``) mixes with a synthetic corpus. ``real_fraction``
+    F weights the two: a MoM's two mixtures both come from real (non-synthetic) datasets with
+    probability F, else both from the synthetic corpora; each window is then drawn at random
+    within its side (None: one pool of all windows in epoch order, as before).
 
     ``stems=True`` (semi-supervised training) also returns ``sources`` ``(4, n)``: the bird
     stem and the noise bed (recording minus stem) of each mixture, ``[birds 1, noise 1,
@@ -310,6 +321,7 @@ class SeparatorExamples:
         windows: Sequence[WindowRef] | None = None,
         kinds: Sequence[str] = WINDOW_KINDS,
         stems: bool = False,
+        real_fraction: float | None = None,
     ) -> None:
         self.cfg = cfg or SeparatorConfig()
         self.split, self.seed, self.stems = split, seed, stems
@@ -320,6 +332,10 @@ class SeparatorExamples:
         )
         if not self.windows:
             raise DatasetError(f"no windows of {', '.join(kinds)} for split {split!r}")
+        self.real_fraction = real_fraction
+        self.sides: tuple[list[WindowRef], list[WindowRef]] = ([], [])  # (synthetic, real)
+        if real_fraction is not None:
+            self.sides = self._sides(datasets, split, kinds, real_fraction)
         if stems:
             missing = sorted({str(w.path) for w in self.windows if w.stem is None})
             if missing:
@@ -329,6 +345,36 @@ class SeparatorExamples:
                     "only (--windows soundscape) of a corpus written with `synth --stems`"
                 )
         self._order = _EpochOrder(len(self.windows), seed_words(seed, split, "separator", 0))
+
+    @staticmethod
+    def _sides(
+        datasets: Sequence[Dataset], split: str, kinds: Sequence[str], fraction: float
+    ) -> tuple[list[WindowRef], list[WindowRef]]:
+        if not 0.0 <= fraction <= 1.0:
+            raise DatasetError(f"real fraction must be in [0, 1], got {fraction}")
+        synth = [d for d in datasets if is_synthetic(d)]
+        real = [d for d in datasets if not is_synthetic(d)]
+        sides = (
+            unlabelled_windows(synth, split, kinds=kinds) if synth else [],
+            unlabelled_windows(real, split, kinds=kinds) if real else [],
+        )
+        for side, name, needed in ((0, "synthetic", fraction < 1), (1, "real", fraction > 0)):
+            if needed and not sides[side]:
+                raise DatasetError(
+                    f"real fraction {fraction}: no {split} windows of {', '.join(kinds)} in "
+                    f"the {name} datasets (--data)"
+                )
+        return sides
+
+    def _refs(self, index: int, rng: np.random.Generator) -> list[WindowRef]:
+        """The two windows of MoM ``index``."""
+        if self.real_fraction is None:
+            return [
+                self.windows[self._order.item(index)],
+                self.windows[int(rng.integers(len(self.windows)))],
+            ]
+        side = self.sides[1] if rng.random() < self.real_fraction else self.sides[0]
+        return [side[int(rng.integers(len(side)))] for _ in range(2)]
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -345,10 +391,7 @@ class SeparatorExamples:
         rng = np.random.default_rng(
             np.random.SeedSequence(seed_words(self.seed, self.split, "separator", int(index) + 1))
         )
-        refs = [
-            self.windows[self._order.item(index)],
-            self.windows[int(rng.integers(len(self.windows)))],
-        ]
+        refs = self._refs(index, rng)
         n = self.cfg.example_samples
         mixtures, sources = [], []
         for ref in refs:

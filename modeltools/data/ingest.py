@@ -11,9 +11,17 @@ Labels come from one of:
   ``x.selections.txt``; Raven, CSV or Audacity label track): the file becomes an annotated
   soundscape with 5-s strongly labelled segments.
 
-Files with none of these are ingested as ``unlabelled`` (usable for separator training). With
-``--taxonomy`` every label must map to it (by code or scientific name); without, a taxonomy is
-derived from the labels (genus from the scientific name; family/order unknown).
+Files with none of these are ingested as ``unlabelled`` (usable for separator training);
+``--layout unlabelled`` ingests every file so, sidecars or not. With ``--taxonomy`` every label
+must map to it (by code or scientific name); without, a taxonomy is derived from the labels
+(genus from the scientific name; family/order unknown). Several source folders make one
+dataset whose recording ids start with each folder's name.
+
+The real audio of ``../shared/data`` obeys its split (:mod:`modeltools.data.real_split`,
+shared/docs/REAL-AUDIO.md), recognised by location or by sha256 against its MANIFEST.csv: an
+evaluation-only file is refused (one error, nothing written) unless it goes to the ``test``
+split; a noise-folder file is cut to its first half (its second half in the ``test`` split).
+``meta`` records ``shared`` (the file's path in the shared data) and ``span_s`` (the part kept).
 
 Bad input -- unreadable, truncated or empty audio, unusable sample rates, unknown species,
 broken annotation files, metadata rows without a file -- is skipped with one warning line each
@@ -28,6 +36,7 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,6 +59,8 @@ from modeltools.data.audio_io import (
 )
 from modeltools.data.dataset import SPLITS, Recording, Segment, write_dataset
 from modeltools.data.jobs import Journal, SkipLog, progress
+from modeltools.data.noise import default_shared_data_dir
+from modeltools.data.real_split import SharedFile, evaluation_span, identify
 from modeltools.data.splits import hash_split
 from modeltools.data.taxonomy import Species, Taxonomy, genus_of, read_taxonomy
 
@@ -170,6 +181,25 @@ def read_metadata(path: Path, skips: SkipLog) -> dict[str, _Labels]:
     return out
 
 
+def _split_part(samples: Any, shared: SharedFile | None, split: str) -> tuple[Any, dict[str, Any]]:
+    """The part of a shared file the split allows in ``split`` (all of any other file), and
+    the meta keys saying which part it is."""
+    if shared is None:
+        return samples, {}
+    duration_s = samples.shape[0] / SAMPLE_RATE_HZ
+    if shared.role == "noise":
+        span = evaluation_span(shared.rel, duration_s) if split == "test" else (0.0, duration_s / 2)
+        samples = samples[round(span[0] * SAMPLE_RATE_HZ) : round(span[1] * SAMPLE_RATE_HZ)]
+    else:
+        span = (0.0, duration_s)
+    return samples, {
+        "shared": shared.rel,
+        "shared_role": shared.role,
+        "span_s": [round(span[0], 3), round(span[1], 3)],
+        "source_duration_s": round(duration_s, 3),
+    }
+
+
 def _find_sidecar(audio: Path) -> Path | None:
     stem = audio.with_suffix("")
     for suf in SIDECAR_SUFFIXES:
@@ -225,45 +255,95 @@ class _Mapper:
 def _settings_key(opts: IngestOptions, tax: Taxonomy | None) -> str:
     d = {k: str(v) for k, v in opts.__dict__.items()}
     d["taxonomy_version"] = tax.version if tax else ""
+    d["real_split"] = "1"  # noise-folder files cut to a half (entries before kept them whole)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ingest(src: str | Path, out: str | Path, opts: IngestOptions | None = None) -> IngestResult:
-    """Ingest every audio file under ``src`` into the dataset folder ``out``."""
+def _files(sources: list[Path], out: Path) -> dict[str, tuple[Path, Path]]:
+    """{recording id: (source folder, file)}; ids are relative paths, prefixed by the folder's
+    name when there are several folders."""
+    found: dict[str, tuple[Path, Path]] = {}
+    for src in sources:
+        if not src.is_dir():
+            raise IngestError(f"{src}: not a folder")
+        for f in sorted(src.rglob("*")):
+            if is_audio_file(f) and out.resolve() not in f.resolve().parents:
+                rel = f.relative_to(src).as_posix()
+                found[f"{src.name}/{rel}" if len(sources) > 1 else rel] = (src, f)
+    return found
+
+
+def _split_of(rel: str, opts: IngestOptions) -> str:
+    if opts.split != "hash":
+        return opts.split
+    return hash_split(rel, opts.val_fraction, opts.test_fraction)
+
+
+def _check_split(
+    files: dict[str, tuple[Path, Path]], opts: IngestOptions, skips: SkipLog
+) -> dict[str, tuple[str, SharedFile | None]]:
+    """{id: (source sha256, shared file or None)}; refuses evaluation-only real audio bound for
+    a training split before anything is written."""
+    roots = [r for r in (default_shared_data_dir(),) if r is not None]
+    out: dict[str, tuple[str, SharedFile | None]] = {}
+    for rel, (_, path) in files.items():
+        try:
+            sha = sha256_file(path)
+        except OSError as exc:
+            skips.skip("unreadable audio", f"{path}: {exc.strerror or exc}")
+            continue
+        f = identify(path, roots, sha)
+        split = _split_of(rel, opts)
+        if f is not None and f.role == "evaluation" and split != "test":
+            raise IngestError(
+                f"{path}: {f.rel} is evaluation-only real audio ({f.folder}/ is held out for the "
+                f"real-audio benchmark, shared/docs/REAL-AUDIO.md); refusing to ingest it into "
+                f"the {split} split (an evaluation dataset takes --split test)"
+            )
+        out[rel] = (sha, f)
+    return out
+
+
+def ingest(
+    src: str | Path | Sequence[str | Path], out: str | Path, opts: IngestOptions | None = None
+) -> IngestResult:
+    """Ingest every audio file under ``src`` (one folder, or several) into the dataset ``out``."""
     opts = opts or IngestOptions()
-    src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise IngestError(f"{src}: not a folder")
+    sources = [Path(src)] if isinstance(src, (str, Path)) else [Path(s) for s in src]
+    out = Path(out)
+    if not sources:
+        raise IngestError("no source folder given")
     if opts.layout not in LAYOUTS:
         raise IngestError(f"layout must be one of {LAYOUTS}, got {opts.layout!r}")
     if opts.split != "hash" and opts.split not in SPLITS:
         raise IngestError(f"split must be one of {SPLITS} or 'hash', got {opts.split!r}")
+    if len(sources) > 1 and (opts.metadata or opts.layout in ("metadata", "species-folders")):
+        raise IngestError("several source folders take --layout auto or unlabelled only")
     skips = SkipLog(log)
     tax = read_taxonomy(opts.taxonomy) if opts.taxonomy else None
     mapper = _Mapper(tax)
-    files = sorted(
-        f for f in src.rglob("*") if is_audio_file(f) and out.resolve() not in f.resolve().parents
-    )
+    files = _files(sources, out)
+    names = ", ".join(str(s) for s in sources)
     if not files:
-        raise IngestError(f"{src}: no audio files (.wav .flac .mp3 .ogg)")
+        raise IngestError(f"{names}: no audio files (.wav .flac .mp3 .ogg)")
+    checked = _check_split(files, opts, skips)
 
     metadata: dict[str, _Labels] = {}
-    meta_path = opts.metadata or (src / "metadata.csv")
+    meta_path = opts.metadata or (sources[0] / "metadata.csv")
     layout = opts.layout
-    if layout in ("auto", "metadata") and meta_path.is_file():
+    if layout in ("auto", "metadata") and meta_path.is_file() and len(sources) == 1:
         metadata = read_metadata(meta_path, skips)
         layout = "metadata"
     elif layout == "metadata":
         raise IngestError(f"{meta_path}: metadata CSV not found")
     for lab in metadata.values():
         mapper.learn(lab)
-    by_rel = {f.relative_to(src).as_posix(): f for f in files}
     by_name: dict[str, list[str]] = {}
-    for rel in by_rel:
+    for rel in files:
         by_name.setdefault(Path(rel).name, []).append(rel)
     file_labels: dict[str, _Labels] = {}
     for fname, lab in metadata.items():
-        rel = fname if fname in by_rel else None
+        rel = fname if fname in files else None
         if rel is None and len(by_name.get(Path(fname).name, [])) == 1:
             rel = by_name[Path(fname).name][0]
         if rel is None:
@@ -275,11 +355,11 @@ def ingest(src: str | Path, out: str | Path, opts: IngestOptions | None = None) 
     key_base = _settings_key(opts, tax)
     recordings: list[Recording] = []
     segments: list[Segment] = []
-    for rel, path in progress(by_rel.items(), "ingest", total=len(by_rel)):
+    for rel, (src_dir, path) in progress(files.items(), "ingest", total=len(files)):
+        if rel not in checked:
+            continue
         res = _ingest_one(
-            src,
-            rel,
-            path,
+            _Source(src_dir, rel, path, *checked[rel]),
             out,
             opts,
             layout,
@@ -293,24 +373,38 @@ def ingest(src: str | Path, out: str | Path, opts: IngestOptions | None = None) 
             recordings.append(res[0])
             segments += res[1]
     if not recordings:
-        raise IngestError(f"{src}: nothing ingested ({skips.summary(0, 'recordings')})")
-    taxonomy = mapper.taxonomy(opts.name or src.name)
+        raise IngestError(f"{names}: nothing ingested ({skips.summary(0, 'recordings')})")
+    name = opts.name or "+".join(s.name for s in sources)
+    source_info: str | list[str] = [str(s.resolve()) for s in sources]
     write_dataset(
         out,
-        opts.name or src.name,
-        taxonomy,
+        name,
+        mapper.taxonomy(name),
         recordings,
         segments,
-        info={"source": str(src.resolve()), "layout": layout, "skipped": dict(skips.counts)},
+        info={
+            "source": source_info[0] if len(sources) == 1 else source_info,
+            "layout": layout,
+            "skipped": dict(skips.counts),
+        },
     )
     log.info("ingest: %s", skips.summary(len(recordings), "recordings"))
     return IngestResult(out, len(recordings), skips, recordings)
 
 
+@dataclass(frozen=True)
+class _Source:
+    """One input file: its folder, recording id, path, sha256 and place in the shared data."""
+
+    folder: Path
+    rel: str
+    path: Path
+    sha256: str
+    shared: SharedFile | None
+
+
 def _ingest_one(
-    src: Path,
-    rel: str,
-    path: Path,
+    source: _Source,
     out: Path,
     opts: IngestOptions,
     layout: str,
@@ -321,10 +415,14 @@ def _ingest_one(
     key_base: str,
 ) -> tuple[Recording, list[Segment]] | None:
     """Labels, decode, write and describe one file; None if skipped."""
+    src, rel, path = source.folder, source.rel, source.path
     kind, primary, background = opts.unlabelled_kind, (), ()
-    meta: dict[str, Any] = {"source": rel}
+    meta: dict[str, Any] = {
+        "source": path.relative_to(src).as_posix(),
+        "source_dir": str(src.resolve()),
+    }
     annotations = None
-    sidecar = _find_sidecar(path)
+    sidecar = None if layout == "unlabelled" else _find_sidecar(path)
     if layout == "species-folders" and "/" in rel:
         lab = _Labels(primary=rel.split("/")[0])
     if sidecar is not None and (lab is None or not lab.primary):
@@ -360,16 +458,8 @@ def _ingest_one(
         meta.update(lab.meta)
         if not primary and background:
             kind = "unlabelled"  # e.g. an XC "soundscape": weak presence info only
-    split = (
-        opts.split
-        if opts.split != "hash"
-        else hash_split(rel, opts.val_fraction, opts.test_fraction)
-    )
-    try:
-        src_sha = sha256_file(path)
-    except OSError as exc:
-        skips.skip("unreadable audio", f"{path}: {exc.strerror or exc}")
-        return None
+    split = _split_of(rel, opts)
+    src_sha = source.sha256
     out_rel = "audio/" + str(Path(rel).with_suffix(".wav").as_posix())
     key = f"{rel}|{src_sha}|{key_base}"
     done = journal.get(key)
@@ -381,13 +471,15 @@ def _ingest_one(
         except AudioDecodeError as exc:
             skips.skip("unreadable audio", str(exc))
             return None
-        sha = write_wav(out / out_rel, audio.samples, SAMPLE_RATE_HZ)
-        num_samples = int(audio.samples.shape[0])
+        samples, shared = _split_part(audio.samples, source.shared, split)
+        sha = write_wav(out / out_rel, samples, SAMPLE_RATE_HZ)
+        num_samples = int(samples.shape[0])
         info = {
             "source_sha256": src_sha,
             "source_rate_hz": audio.source_rate_hz,
             "source_channels": audio.source_channels,
             "source_format": audio.source_format,
+            **shared,
         }
         journal.add(key, {"num_samples": num_samples, "sha256": sha, "info": info})
     meta.update(info)

@@ -8,7 +8,10 @@ Real noise comes from the CC0 / public-domain ambience folders and the near-empt
 of the scikit-maad series (files where BirdNET found no bird at >= 0.1). Recordings with
 birds in them (``forest.mp3``: hoopoe, oriole) or voices are left out. Every real file is
 assigned to one pool: ``train`` (used by the train and validation generators) or ``test``
-(held out: only the test soundscapes hear it).
+(held out: only the test soundscapes hear it). Either pool uses only a file's training span
+(:mod:`modeltools.data.real_split`): the first half of a noise-folder file (its second half is
+the real-audio benchmark's noise), a scikit-maad file whole. Corpora generated before
+2026-12 used whole files.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from scipy.fft import next_fast_len
 from scipy.signal import butter, sosfilt
 
 from modeltools.data.audio_io import AudioDecodeError, decode_audio
+from modeltools.data.real_split import shared_file
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +143,16 @@ class RealNoise:
     name: str  # path relative to shared/data
     pool: str
     samples: np.ndarray  # float32 mono at the bank's rate, unit RMS
+    span_s: tuple[float, float] = (0.0, 0.0)  # the part of the file kept (its training span)
+
+
+def _training_part(rel: str, pool: str, audio: np.ndarray, sample_rate_hz: int) -> RealNoise:
+    """The training span of shared file ``rel`` (REAL-AUDIO.md), at unit RMS."""
+    f = shared_file(rel)
+    duration_s = audio.shape[0] / sample_rate_hz
+    start_s, end_s = f.training_span(duration_s, "a noise bed") if f else (0.0, duration_s)
+    part = audio[round(start_s * sample_rate_hz) : round(end_s * sample_rate_hz)]
+    return RealNoise(rel, pool, _unit_rms(part.astype(np.float64)), (start_s, round(end_s, 3)))
 
 
 class NoiseBank:
@@ -165,7 +179,7 @@ class NoiseBank:
                 except AudioDecodeError as exc:
                     log.warning("noise bed not available: %s", exc)
                     continue
-                self.real.append(RealNoise(rel, pool, _unit_rms(audio.astype(np.float64))))
+                self.real.append(_training_part(rel, pool, audio, sample_rate_hz))
         self.real_probability = real_probability if self.real else 0.0
 
     @property

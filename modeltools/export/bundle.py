@@ -134,14 +134,22 @@ def export(opts: ExportOptions) -> dict[str, Any]:
             raise ExportError(f"selected flavour {fl!r} is not among --flavours")
     if not opts.classifier_runs:
         raise ExportError("at least one --classifier run is required")
+    from modeltools.data.real_split import check_datasets
+
     datasets = [read_dataset(d) for d in opts.data]
+    # The representative set reads train windows: no evaluation-only real audio (REAL-AUDIO.md).
+    real_audio = check_datasets(datasets, "the int8 representative set", splits=("train",))
     taxonomy = datasets[0].taxonomy
     skipped: dict[str, str] = {}
     rep = _representative(datasets, opts.representative, opts.seed)
     from modeltools.export.convert import check_representative
 
     check_representative(rep)
-    meta: dict[str, Any] = {"created_utc": _now(), "flavours": list(opts.flavours)}
+    meta: dict[str, Any] = {
+        "created_utc": _now(),
+        "flavours": list(opts.flavours),
+        "representative_real_audio": real_audio,
+    }
 
     # -- separator --------------------------------------------------------------------------
     sep_ref: float | None = None

@@ -88,6 +88,10 @@ class SeparatorConfig:
     # Recording kinds the training and validation MoMs are drawn from (WINDOW_KINDS above).
     # ("soundscape",) matches the synthetic corpus' test split, which holds soundscapes only.
     windows: tuple[str, ...] = WINDOW_KINDS
+    # Fraction of training MoMs built from real (ingested, non-synthetic) datasets, the rest
+    # from synthetic corpora (modeltools.data.examples.SeparatorExamples). None: one pool of
+    # every --data window, in epoch order.
+    real_fraction: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,6 +134,10 @@ class SeparatorConfig:
         if self.mom_levels not in MOM_LEVELS:
             raise SeparatorConfigError(
                 f"separator mom_levels must be one of {MOM_LEVELS}, got {self.mom_levels!r}"
+            )
+        if self.real_fraction is not None and not 0.0 <= self.real_fraction <= 1.0:
+            raise SeparatorConfigError(
+                f"separator real_fraction must be in [0, 1], got {self.real_fraction!r}"
             )
 
     @property

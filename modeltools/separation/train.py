@@ -66,8 +66,15 @@ def make_strategy(kind: str = "cpu", tpu: str | None = None) -> tf.distribute.St
     raise SeparatorConfigError(f"unknown strategy {kind!r} (cpu, gpu, mirrored, auto, or --tpu)")
 
 
-def save_config(cfg: SeparatorConfig, run_dir: Path) -> None:
-    (run_dir / CONFIG_NAME).write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+def save_config(
+    cfg: SeparatorConfig, run_dir: Path, real_audio: list[dict[str, Any]] | None = None
+) -> None:
+    """Write ``config.json``: the config, plus ``real_audio`` (the shared real files that went
+    in, :func:`modeltools.data.real_split.check_datasets`) when given."""
+    data = cfg.to_dict()
+    if real_audio is not None:
+        data["real_audio"] = real_audio
+    (run_dir / CONFIG_NAME).write_text(json.dumps(data, indent=1) + "\n")
 
 
 def load_config(run_dir: Path) -> SeparatorConfig:
@@ -222,6 +229,7 @@ def train(
     from modeltools.data.dataset import read_dataset
     from modeltools.data.examples import SeparatorExamples
     from modeltools.data.pipeline import separator_dataset
+    from modeltools.data.real_split import check_datasets
 
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / CKPT_DIR
@@ -235,9 +243,11 @@ def train(
         cfg = _apply_resume_overrides(cfg, run_dir, resume_overrides or {})
     elif isinstance(cfg, str):
         cfg = get_preset(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
     datasets = [read_dataset(d) for d in data]
+    # Refuse evaluation-only real audio before anything is written (REAL-AUDIO.md).
+    real_audio = check_datasets(datasets, "separator training")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir, real_audio)
     (run_dir / "data.json").write_text(
         json.dumps({"corpora": [str(Path(d).resolve()) for d in data], "seed": seed}, indent=1)
         + "\n"
@@ -254,6 +264,7 @@ def train(
             seed=seed,
             kinds=cfg.windows,
             stems=cfg.supervised_weight > 0,
+            real_fraction=cfg.real_fraction,
         )
     keys = list(source.keys())
     if cfg.supervised_weight > 0 and "sources" not in keys:
@@ -280,7 +291,7 @@ def train(
         _init_weights(model, cfg, Path(init_from))
         extra = {**cfg.extra, "init_from": str(init_from)}
         cfg = replace(cfg, extra=extra)
-        save_config(cfg, run_dir)
+        save_config(cfg, run_dir, real_audio)
     ckpt = make_checkpoint(model, optimizer, step)
     manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=max(1, keep_checkpoints))
     if manager.latest_checkpoint:
@@ -454,7 +465,8 @@ def pack_run(
     for name in ("data.json", "log.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out_dir / name)
-    save_config(cfg, out_dir)
+    real_audio = json.loads((run_dir / CONFIG_NAME).read_text()).get("real_audio")
+    save_config(cfg, out_dir, real_audio)
     step_var = tf.Variable(step, dtype=tf.int64)
     manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, step=step_var), str(out_dir / CKPT_DIR), max_to_keep=1

@@ -257,6 +257,7 @@ def test_ingest_shared_xeno_canto_with_known_metadata(tmp_path: Path) -> None:
         IngestOptions(
             metadata=KNOWN / "xeno-canto-shared.csv",
             taxonomy=KNOWN / "xeno-canto-shared-taxonomy.csv",
+            split="test",  # evaluation-only audio (REAL-AUDIO.md): the test split only
         ),
     )
     recs = {r.id: r for r in res.recordings}
@@ -275,7 +276,7 @@ def test_activity_on_golden_winged_warbler_agrees_with_birdnet(tmp_path: Path) -
     res = ingest(
         SHARED / "xeno-canto",
         tmp_path / "xc",
-        IngestOptions(metadata=KNOWN / "xeno-canto-shared.csv"),
+        IngestOptions(metadata=KNOWN / "xeno-canto-shared.csv", split="test"),
     )
     windows, skips = windows_for_dataset(read_dataset(res.root), ("focal",))
     assert len(skips) == 0 and 3 <= len(windows) <= 15
