@@ -234,14 +234,17 @@ def analyze_files(
     """Analyse recordings as fast as possible; write detections.jsonl/.csv, one Raven table per
     file, and summary.json to ``out_dir``."""
     from agent.audio.file_source import iter_file_sources
-    from agent.sinks.files import CsvSink, JsonlSink, RavenSink
+    from agent.sinks.files import CsvSink, JsonlSink, OutputError, RavenSink
 
     # Every file is checked (exists, readable audio) before any output is written.
     sources = iter_file_sources(
         [Path(f) for f in files], engine.models.sample_rate_hz, realtime=False, start_utc=start_utc
     )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file of that name, no permission: one line, exit 2
+        raise OutputError(f"cannot create output folder {out}: {exc.strerror or exc}") from None
     for p in (out / "detections.jsonl", out / "detections.csv"):
         p.unlink(missing_ok=True)  # a re-run replaces, never appends to, old results
     shared: list[Sink] = [JsonlSink(out / "detections.jsonl"), CsvSink(out / "detections.csv")]
@@ -335,7 +338,7 @@ class _ProgressBar:
 def build_live_sinks(config: AgentConfig) -> list[Sink]:
     """The live sinks. With MQTT enabled the MQTT output comes first: its ``emit`` commits the
     detection to the outbox before any other sink (or the network) sees it."""
-    from agent.sinks.files import CsvSink, JsonlSink
+    from agent.sinks.files import CsvSink, JsonlSink, OutputError
 
     sinks: list[Sink] = []
     try:
@@ -343,10 +346,15 @@ def build_live_sinks(config: AgentConfig) -> list[Sink]:
             from agent.sinks.mqtt_output import MqttOutput
 
             sinks.append(MqttOutput(config))
-        if config.outputs.jsonl:
-            sinks.append(JsonlSink(config.outputs.jsonl))
-        if config.outputs.csv:
-            sinks.append(CsvSink(config.outputs.csv))
+        for key, path, sink_type in (
+            ("jsonl", config.outputs.jsonl, JsonlSink),
+            ("csv", config.outputs.csv, CsvSink),
+        ):
+            if path:
+                try:
+                    sinks.append(sink_type(path))
+                except OutputError as exc:  # say which key holds the unusable path
+                    raise ConfigError([f"outputs.{key}: {exc}"]) from None
     except BaseException:
         for sink in sinks:
             sink.close()

@@ -323,7 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level or "WARNING")
     try:
-        return int(args.func(args))
+        try:
+            return int(args.func(args))
+        except ConfigError as exc:
+            if exc.source != "config":
+                raise
+            # Found after parsing (an unknown species in the bundle, an unusable output path):
+            # name the file the key is in, as a parse error does.
+            raise ConfigError(exc.problems, getattr(args, "config", None) or "defaults") from None
     except ChorusError as exc:
         for line in str(exc).splitlines():
             print(f"chorus-agent: error: {line}", file=sys.stderr)

@@ -4,6 +4,10 @@ Every problem is reported as one line naming its YAML path, e.g.
 ``audio.hop_s: must be > 0 and <= window_s (5.0), got 7.5``; :func:`load_config` raises
 :class:`~agent.errors.ConfigError` holding all of them (the CLI exits 2). Unknown keys are errors.
 ``config/agent.example.yaml`` documents every key; a test keeps the two in step.
+
+Numbers must be finite (``.inf`` or ``.nan`` is an error in every field: a bound of infinity is
+spelled ``null`` where a key allows none), and a key given twice in one mapping is an error
+naming the key and both lines, never a silent "last one wins".
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from pydantic import (
 
 from agent.errors import ConfigError
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Used with fullmatch: "$" would also match before a final newline ("x\n" passed).
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class _Section(BaseModel):
     # strict: YAML already gives typed values; "5" for a number is a mistake, not a number.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: YAML's .inf/.nan pass every gt/le bound and fail later, at run time.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -200,6 +206,8 @@ class HomeAssistantConfig(_Section):
 def _check_topic_prefix(v: str) -> str:
     if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
         raise ValueError(f"must be a non-empty topic without '#', '+' or edge '/', got {v!r}")
+    if any(not c.isprintable() for c in v):
+        raise ValueError(f"must not hold control characters (newline, tab, NUL...), got {v!r}")
     return v
 
 
@@ -294,7 +302,7 @@ class UpdatesConfig(_Section):
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
         for g in v:
-            if not _DEVICE_ID.match(g):
+            if not _DEVICE_ID.fullmatch(g):
                 raise ValueError(f"group must be 1-64 letters, digits, '_', '.', '-', got {g!r}")
         return v
 
@@ -322,7 +330,7 @@ class AgentConfig(_Section):
     @field_validator("device_id")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not _DEVICE_ID.match(v):
+        if not _DEVICE_ID.fullmatch(v):
             raise ValueError(f"must be 1-64 letters, digits, '_', '.', '-', got {v!r}")
         return v
 
@@ -347,6 +355,7 @@ _TYPE_WORDS = {
     "bool_type": "true/false",
     "none_required": "null",
     "int_from_float": "an integer",
+    "finite_number": "a finite number",
 }
 
 
@@ -392,6 +401,26 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
         raise ConfigError(_format_errors(exc), source) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {seen[key]}, again on line {line})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, str):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path) -> AgentConfig:
     """Read and validate a YAML file. Raises ConfigError (never a traceback for user mistakes)."""
     p = Path(path)
@@ -402,7 +431,7 @@ def load_config(path: str | Path) -> AgentConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read: {exc}"], str(p)) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -44,7 +44,18 @@ class Supervisor:
         if port is not None:
             from agent.metrics_http import MetricsServer
 
-            self.metrics = MetricsServer(port, self.snapshot, config.device_id).start()
+            # Metrics are a side channel: a taken port must not stop the birds being heard
+            # (under systemd a fatal error would crash-loop, and count as restarts against an
+            # OTA update on probation). One clear error, and the agent runs without them.
+            try:
+                self.metrics = MetricsServer(port, self.snapshot, config.device_id).start()
+            except OSError as exc:
+                log.error(
+                    "health.prometheus_port: cannot serve metrics on 127.0.0.1:%d (%s); "
+                    "running without the metrics endpoint",
+                    port,
+                    exc.strerror or exc,
+                )
 
     def on_tick(self, processor: StreamProcessor, source: AudioSource) -> None:
         if not self.ready:

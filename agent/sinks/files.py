@@ -62,18 +62,25 @@ RAVEN_COLUMNS = (
 )
 
 
+class OutputError(ChorusError):
+    """An output file cannot be opened (a folder, no permission, a missing drive): a mistake in
+    the configuration or the command line, so the CLI exits 2."""
+
+    exit_code = 2
+
+
 def _open_append(path: Path) -> tuple[IO[str], bool]:
     """Open ``path`` for appending text (creating parent folders).
 
     Returns the file and whether it was empty. If a previous run died in the middle of a line,
     the partial line is ended first so the next record starts on a line of its own.
-    Raises :class:`ChorusError` (one clear line) if the file cannot be opened.
+    Raises :class:`OutputError` (one clear line) if the file cannot be opened.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fh = open(path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - the sink owns it
     except OSError as exc:
-        raise ChorusError(f"cannot open output file {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot open output file {path}: {exc.strerror or exc}") from None
     try:
         size = path.stat().st_size
         if size > 0:

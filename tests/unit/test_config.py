@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -114,3 +115,87 @@ def test_example_config_documents_every_key_and_is_valid() -> None:
     assert config.audio.window_s == 5.0
     documented = _yaml_keys(yaml.safe_load(example.read_text()))
     assert _keys(AgentConfig) == documented
+
+
+def _float_paths(model: type, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """(YAML path, a non-finite value of the field's shape) for every float in the model."""
+    from typing import get_args, get_origin
+
+    from pydantic import BaseModel
+
+    def shape(annotation: Any) -> Any:
+        origin = get_origin(annotation)
+        if annotation is float:
+            return INF
+        if origin is list:
+            inner = shape(get_args(annotation)[0])
+            return None if inner is None else [inner]
+        if origin is dict:
+            inner = shape(get_args(annotation)[1])
+            return None if inner is None else {"x": inner}
+        for arg in get_args(annotation):  # Annotated[...], X | None
+            found = shape(arg)
+            if found is not None:
+                return found
+        return None
+
+    out = []
+    for name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += _float_paths(sub, (*prefix, name))
+        elif (value := shape(field.annotation)) is not None:
+            out.append(((*prefix, name), value))
+    return out
+
+
+INF = float("inf")
+
+
+def test_every_float_key_refuses_inf_and_nan(tmp_path: Path) -> None:
+    """.inf/.nan passed every bound and crashed `run` later (issue 24, item 6)."""
+    paths = _float_paths(AgentConfig)
+    assert len(paths) > 25  # the walk found the model's float keys
+    for path, value in paths:
+        for text in (".inf", "-.inf", ".nan"):
+            yaml_value = {list: f"[{text}]", dict: f"{{x: {text}}}"}.get(type(value), text)
+            doc = "".join(f"{'  ' * i}{key}:\n" for i, key in enumerate(path[:-1]))
+            doc += f"{'  ' * (len(path) - 1)}{path[-1]}: {yaml_value}\n"
+            f = tmp_path / "c.yaml"
+            f.write_text(doc)
+            with pytest.raises(ConfigError) as err:
+                load_config(f)
+            dotted = ".".join(path)
+            assert any(
+                line.startswith(f"{f}: {dotted}") and "finite number" in line
+                for line in str(err.value).splitlines()
+            ), (doc, str(err.value))
+
+
+@pytest.mark.parametrize("device_id", ["x\n", "pi-01\n", "a\tb", "pi 01"])
+def test_device_id_refuses_a_trailing_newline(device_id: str) -> None:
+    with pytest.raises(ConfigError, match="device_id: must be 1-64 letters"):
+        parse_config({"device_id": device_id})
+    with pytest.raises(ConfigError, match="groups"):
+        parse_config({"updates": {"groups": [device_id]}})
+
+
+def test_topic_prefix_refuses_control_characters() -> None:
+    with pytest.raises(ConfigError, match=r"mqtt\.topic_prefix: must not hold control"):
+        parse_config({"mqtt": {"topic_prefix": "chorus\n"}})
+
+
+def test_duplicate_keys_name_the_key_and_both_lines(tmp_path: Path) -> None:
+    f = tmp_path / "dup.yaml"
+    f.write_text("audio:\n  hop_s: 2.5\n  window_s: 5.0\n  hop_s: 1.0\ndevice_id: a\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(f)
+    assert str(err.value) == (
+        f"{f}: line 4, column 3: invalid YAML: duplicate key 'hop_s' "
+        "(first on line 2, again on line 4)"
+    )
+    f.write_text("device_id: a\naudio: {}\ndevice_id: b\n")  # top level too
+    with pytest.raises(ConfigError, match="duplicate key 'device_id'"):
+        load_config(f)
+    f.write_text("detection:\n  species_thresholds: {a: 0.5, b: 0.6}\n")  # distinct keys pass
+    assert load_config(f).detection.species_thresholds == {"a": 0.5, "b": 0.6}
