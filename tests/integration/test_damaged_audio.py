@@ -121,3 +121,40 @@ def test_truncated_mp3_reports_the_decoded_duration(tmp_path: Path) -> None:
     assert "truncated or damaged" in stderr and "17.0 s" in stderr
     full_summary, _, full_err = analyze(full, tmp_path / "out_full")
     assert full_summary["files"][0]["truncated"] is False, full_err
+
+
+def test_heartbeat_reports_nonfinite_audio(tmp_path: Path) -> None:
+    """The live status carries the NaN/Inf counters (audio.stats) and stays schema-valid."""
+    from datetime import UTC, datetime
+
+    from conftest import free_port
+
+    from agent.app import build_engine
+    from agent.audio.chunk import AudioChunk, StreamInfo
+    from agent.audio.synthetic import SyntheticSource
+    from agent.config import parse_config
+    from agent.schemas import validator
+    from agent.sinks.mqtt_output import MqttOutput
+
+    config = parse_config(
+        {
+            "audio": {"source": "synthetic"},
+            "inference": {"bundle": str(DEMO_BUNDLE)},
+            "mqtt": {"enabled": True, "port": free_port(), "outbox_path": str(tmp_path / "o")},
+        }
+    )
+    engine = build_engine(config)
+    info = StreamInfo("mic:test", RATE, datetime(2026, 5, 1, tzinfo=UTC))
+    processor = engine.processor(info, [])
+    audio = np.zeros(8 * RATE, np.float32)
+    audio[RATE : 2 * RATE] = np.nan
+    processor.push(AudioChunk(audio, 0))
+    out = MqttOutput(config, drain_timeout_s=0.1, close_timeout_s=0.5)  # broker absent
+    try:
+        out.on_tick(processor, SyntheticSource(config.audio.synthetic, RATE))
+        status = out.status_payload()
+    finally:
+        out.close()
+    assert status["audio"]["stats"]["nonfinite_samples"] == RATE
+    assert status["audio"]["stats"]["nonfinite_gaps"] == 1
+    validator("status").validate(status)
