@@ -148,7 +148,7 @@ def check_broker(config: AgentConfig, timeout_s: float = 5.0) -> Check:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from agent.sinks.mqtt import configure_client
+        from agent.sinks.mqtt import configure_client, connect_error_message
 
         done, result = threading.Event(), {}
 
@@ -168,7 +168,9 @@ def check_broker(config: AgentConfig, timeout_s: float = 5.0) -> Check:
         try:
             client.connect(m.host, m.port, keepalive=10)
         except OSError as exc:
-            raise ChorusError(f"{m.host}:{m.port}: cannot connect: {exc}") from None
+            ca_file = m.tls.ca_file if m.tls.enabled else None
+            message = connect_error_message(exc, f"{m.host}:{m.port}", ca_file)
+            raise ChorusError(message) from None
         client.loop_start()
         try:
             if not done.wait(timeout_s):

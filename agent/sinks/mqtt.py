@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +93,18 @@ def _configure_tls(client: mqtt.Client, tls: MqttTlsConfig) -> None:
         raise CredentialError(f"mqtt.tls: cannot load the certificates: {exc}") from None
 
 
+def connect_error_message(exc: BaseException | None, broker: str, ca_file: str | None) -> str:
+    """One line for a failed connection attempt: a TLS verification failure (naming the CA
+    file it was checked against) is a configuration error, not an unreachable broker."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        ca = f"CA file {ca_file}" if ca_file else "the system CAs"
+        why = exc.verify_message or exc.reason or str(exc)
+        return f"TLS verification of MQTT broker {broker} failed against {ca}: {why}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake with MQTT broker {broker} failed: {exc.reason or exc}"
+    return f"cannot reach MQTT broker {broker}" + (f": {exc}" if exc is not None else "")
+
+
 def configure_client(client: mqtt.Client, config: MqttConfig) -> None:
     """Apply TLS and credentials from the config (also used by ``chorus-agent selftest``)."""
     password = mqtt_password(config.password_file, config.password_env)  # may raise
@@ -133,6 +146,7 @@ class MqttSink:
         self.availability_topic = availability_topic(config.topic_prefix, device_id)
         self.qos = config.qos
         self._broker = f"{config.host}:{config.port}"
+        self._tls_ca_file = config.tls.ca_file if config.tls.enabled else None
         self._backoff_initial_s = reconnect_min_s or config.reconnect_backoff.initial_s
         self._backoff_max_s = max(
             reconnect_max_s or config.reconnect_backoff.max_s, self._backoff_initial_s
@@ -353,7 +367,12 @@ class MqttSink:
             self._run_callback(on_connect)
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._note_failure(logging.WARNING, f"cannot reach MQTT broker {self._broker}; retrying")
+        # paho calls this inside its ``except OSError`` around the attempt: the exception is
+        # the one being handled (ssl.SSLError is an OSError).
+        exc = sys.exc_info()[1]
+        message = connect_error_message(exc, self._broker, self._tls_ca_file)
+        level = logging.ERROR if isinstance(exc, ssl.SSLError) else logging.WARNING
+        self._note_failure(level, f"{message}; retrying")
 
     def _note_failure(self, level: int, message: str) -> None:
         """Count a failed connection attempt; log an outage once at ``level``, then at DEBUG."""

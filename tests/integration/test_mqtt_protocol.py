@@ -4,6 +4,7 @@ status heartbeat, Home Assistant discovery, payload contracts, TLS and credentia
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -205,6 +206,34 @@ def test_tls_broker_refuses_what_it_must(
     finally:
         sink.close(timeout_s=0.1)
         os.environ.pop("CHORUS_TEST_WRONG", None)
+
+
+def test_an_untrusted_broker_certificate_is_reported_as_a_tls_failure(
+    tls_broker: MosquittoBroker,
+    tls_files: TlsFiles,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong CA is a TLS verification failure naming the CA file, not an unreachable
+    broker; the agent's selftest says the same."""
+    from agent.selftest import check_broker
+
+    caplog.set_level(logging.WARNING, logger="agent.sinks.mqtt")
+    other_ca = str(tls_files.other_ca_cert)
+    config = tls_config(tls_broker, tls_files, tmp_path, tls={"ca_file": other_ca})
+    sink = MqttSink(config.mqtt, "field-01")
+    try:
+        assert wait_until(lambda: sink.stats().connect_failures >= 1, 10.0)
+    finally:
+        sink.close(timeout_s=0.1)
+    logged = [r.getMessage() for r in caplog.records if r.name == "agent.sinks.mqtt"]
+    broker = f"{tls_broker.host}:{tls_broker.port}"
+    expected = f"TLS verification of MQTT broker {broker} failed against CA file {other_ca}"
+    assert any(m.startswith(expected) for m in logged), logged
+    assert any(r.levelno == logging.ERROR for r in caplog.records if r.name == "agent.sinks.mqtt")
+    assert not any("cannot reach" in m for m in logged)
+    check = check_broker(config)
+    assert not check.ok and expected in check.detail
 
 
 def test_world_readable_secrets_are_refused(
