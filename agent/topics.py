@@ -11,6 +11,8 @@ Per device, under a configurable prefix (default ``chorus``)::
 
 Commands to many devices use levels no device id can take (a device id starts with a letter
 or digit): ``<prefix>/_group/<group>/cmd/<command>`` and ``<prefix>/_all/cmd/<command>``.
+A roll-out *target* names one of the three: ``device:<id>``, ``group:<name>`` or ``all``
+(:func:`target_command_topic`); signed OTA commands carry it (docs/ota.md).
 """
 
 from __future__ import annotations
@@ -67,6 +69,21 @@ def group_command_topic(prefix: str, group: str, command: str) -> str:
 
 def fleet_command_topic(prefix: str, command: str) -> str:
     return f"{prefix}/_all/cmd/{command}"
+
+
+def target_command_topic(prefix: str, target: str, command: str) -> str:
+    """The command topic of a roll-out target (``device:<id>``, ``group:<name>``, ``all``).
+
+    Raises ValueError naming what is wrong with ``target``.
+    """
+    kind, sep, name = target.partition(":")
+    if sep and name and kind == "device":
+        return command_topic(prefix, name, command)
+    if sep and name and kind == "group":
+        return group_command_topic(prefix, name, command)
+    if target == "all":
+        return fleet_command_topic(prefix, command)
+    raise ValueError(f"must be device:<id>, group:<name> or all, got {target!r}")
 
 
 def parse_device_topic(prefix: str, topic: str) -> tuple[str, str] | None:

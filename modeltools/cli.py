@@ -894,6 +894,7 @@ _COMMANDS: list[tuple[Adder, Runner]] = [
     (ota_cli.add_keys, ota_cli.run_keys),
     (ota_cli.add_publish, ota_cli.run_publish),
     (ota_cli.add_rollback, ota_cli.run_rollback),
+    (ota_cli.add_rollout_status, ota_cli.run_rollout_status),
 ]
 
 

@@ -4,7 +4,8 @@
   ``manifest.json`` bytes) and signed JSON documents (update announcements, rollback commands).
 * :mod:`agent.ota.archive`   the transfer format: a deterministic tar.gz of a signed bundle, and
   an unpacker that refuses links, absolute paths, ``..``, devices and oversized content.
-* :mod:`agent.ota.announce`  the update announcement (``chorus.cmd.update/2``) and chunking.
+* :mod:`agent.ota.announce`  the signed update announcement and rollback command (their target
+  signed too: ``chorus.cmd.update/3``), and chunking.
 * :mod:`agent.ota.transfer`  chunk assembly on disk (out of order, repeated, resumable) and HTTP
   download with resume.
 * :mod:`agent.ota.store`     the on-device model store: ``models/<name>-<version>/``, atomic

@@ -1,12 +1,13 @@
 """Signed commands of the OTA protocol: the update announcement and the rollback command.
 
-An announcement (``chorus.cmd.update/2``) is published retained on a target's update topic
+An announcement (``chorus.cmd.update/3``) is published retained on its target's update topic
 (``<prefix>/<device>/cmd/update``, ``<prefix>/_group/<group>/cmd/update`` or
 ``<prefix>/_all/cmd/update``)::
 
-    {"schema": "chorus.cmd.update/2",
+    {"schema": "chorus.cmd.update/3",
      "request_id": "20260501T043000Z-3f2c8a5e",          # nonce: handled at most once
      "issued_utc": "2026-05-01T04:30:00Z",
+     "target": "device:field-01",                         # or "group:north", or "all"
      "force": false,                                      # allow a downgrade / re-install
      "bundle": {"name": "chorus-demo", "version": "0.2.0",
                 "sha256": "<of the archive>", "size_bytes": 2059706},
@@ -15,12 +16,15 @@ An announcement (``chorus.cmd.update/2``) is published retained on a target's up
               # or {"kind": "url", "url": "https://host/bundle.tar.gz"}
      "signature": {"key_id": "...", "ed25519": "<base64>"}}
 
-The signature (:func:`agent.ota.signing.sign_document`) covers everything else, so the archive
-hash, every chunk hash, the version and ``force`` are all authenticated: a device refuses an
-unsigned or forged announcement before it downloads a byte, checks each chunk as it arrives,
-and nobody without the key can turn a replayed old bundle into a forced downgrade. With the
-``mqtt`` transfer, chunk ``i`` is the retained message on ``<update topic>/<request_id>/<i>``
-(one message when the archive fits in one chunk).
+The signature (:func:`agent.ota.signing.sign_document`) covers everything else, so the target,
+the archive hash, every chunk hash, the version and ``force`` are all authenticated: a device
+refuses an unsigned or forged announcement before it downloads a byte, checks each chunk as it
+arrives, and nobody without the key can turn a replayed old bundle into a forced downgrade, nor
+re-publish one device's update (or forced downgrade, or rollback) on a group or fleet topic:
+:func:`check_addressed` refuses a command not addressed to this device, or one that arrived on
+another topic than its target's. The ``/2`` schemas did not sign the target; they are refused.
+With the ``mqtt`` transfer, chunk ``i`` is the retained message on
+``<update topic>/<request_id>/<i>`` (one message when the archive fits in one chunk).
 """
 
 from __future__ import annotations
@@ -37,9 +41,15 @@ from typing import Any
 from agent.errors import ChorusError
 from agent.models.manifest import parse_version
 from agent.ota.signing import TrustedKeys, verify_document
+from agent.topics import target_command_topic
 
-UPDATE_SCHEMA = "chorus.cmd.update/2"
-ROLLBACK_SCHEMA = "chorus.cmd.rollback/2"
+UPDATE_SCHEMA = "chorus.cmd.update/3"
+ROLLBACK_SCHEMA = "chorus.cmd.rollback/3"
+# Earlier schemas whose signature did not cover the target: refused with this reason.
+_UNTARGETED = {
+    "chorus.cmd.update/2": UPDATE_SCHEMA,
+    "chorus.cmd.rollback/2": ROLLBACK_SCHEMA,
+}
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_CHUNK_BYTES = 256 * 1024
@@ -59,6 +69,7 @@ class Announcement:
     size_bytes: int
     force: bool
     key_id: str
+    target: str  # device:<id> | group:<name> | all, signed
     chunk_bytes: int = 0  # mqtt transfer
     chunk_sha256: tuple[str, ...] = ()
     url: str | None = None  # url transfer
@@ -77,6 +88,7 @@ class RollbackCommand:
     request_id: str
     issued_utc: datetime
     key_id: str
+    target: str
 
 
 def utc_text(t: datetime) -> str:
@@ -107,6 +119,7 @@ def build_announcement(
     version: str,
     sha256: str,
     size_bytes: int,
+    target: str,
     chunk_sha256: list[str] | None = None,
     chunk_bytes: int = 0,
     url: str | None = None,
@@ -125,18 +138,23 @@ def build_announcement(
         "schema": UPDATE_SCHEMA,
         "request_id": request_id or new_request_id(issued),
         "issued_utc": utc_text(issued),
+        "target": target,
         "force": force,
         "bundle": {"name": name, "version": version, "sha256": sha256, "size_bytes": size_bytes},
         "transfer": transfer,
     }
 
 
-def build_rollback(request_id: str | None = None, issued_utc: datetime | None = None) -> dict:
+def build_rollback(
+    target: str, request_id: str | None = None, issued_utc: datetime | None = None
+) -> dict[str, Any]:
+    """The unsigned rollback command for ``target`` (sign it like an announcement)."""
     issued = issued_utc or datetime.now(UTC)
     return {
         "schema": ROLLBACK_SCHEMA,
         "request_id": request_id or new_request_id(issued),
         "issued_utc": utc_text(issued),
+        "target": target,
     }
 
 
@@ -173,6 +191,57 @@ def _parse_time(text: str, what: str) -> datetime:
     return t
 
 
+def _schema(f: _Fields, expected: str) -> None:
+    schema = f.get("schema", str)
+    if schema in _UNTARGETED:
+        raise AnnouncementError(
+            f"schema {schema} is refused: its signature does not cover the target (device, "
+            f"group or all), so it could be re-published to other devices; publish it again "
+            f"with a current chorus-models ({_UNTARGETED[schema]})"
+        )
+    if schema != expected:
+        raise AnnouncementError(f"schema: expected {expected!r}, got {schema!r}")
+
+
+def _target(f: _Fields) -> str:
+    target = str(f.get("target", str))
+    try:
+        target_command_topic("chorus", target, "update")
+    except ValueError as exc:
+        raise AnnouncementError(f"target: {exc}") from None
+    return target
+
+
+def check_addressed(
+    target: str,
+    topic: str,
+    command: str,
+    *,
+    prefix: str,
+    device_id: str,
+    groups: list[str],
+    what: str,
+) -> None:
+    """Refuse a signed command that is not for this device, or that arrived on another topic
+    than its signed target's (re-published elsewhere by someone who may write to the broker)."""
+    kind, _, name = target.partition(":")
+    if kind == "device" and name != device_id:
+        raise AnnouncementError(
+            f"{what} is signed for target {target}, not for this device ({device_id})"
+        )
+    if kind == "group" and name not in groups:
+        raise AnnouncementError(
+            f"{what} is signed for target {target}; this device is not in group {name} "
+            f"(updates.groups: {', '.join(groups) or 'none'})"
+        )
+    expected = target_command_topic(prefix, target, command)
+    if topic != expected:
+        raise AnnouncementError(
+            f"{what} is signed for target {target} ({expected}) but arrived on {topic}: "
+            "re-published to another target"
+        )
+
+
 def _request_id(f: _Fields) -> str:
     rid = f.get("request_id", str)
     if not REQUEST_ID.match(rid):
@@ -184,12 +253,13 @@ def parse_announcement(doc: Mapping[str, Any], trusted: TrustedKeys) -> Announce
     """Validate a decoded announcement and its signature. Raises AnnouncementError (bad form)
     or :class:`~agent.ota.signing.SignatureError` (unsigned, untrusted, forged)."""
     f = _Fields(doc, "")
-    schema = f.get("schema", str)
-    if schema != UPDATE_SCHEMA:
-        raise AnnouncementError(f"schema: expected {UPDATE_SCHEMA!r}, got {schema!r}")
-    f.only("schema", "request_id", "issued_utc", "force", "bundle", "transfer", "signature")
+    _schema(f, UPDATE_SCHEMA)
+    f.only(
+        "schema", "request_id", "issued_utc", "target", "force", "bundle", "transfer", "signature"
+    )
     rid = _request_id(f)
     kid = verify_document(doc, trusted, f"announcement {rid}")
+    target = _target(f)
     issued = _parse_time(f.get("issued_utc", str), "issued_utc")
     force = f.get("force", bool)
     b = _Fields(f.get("bundle", dict), "bundle")
@@ -214,6 +284,7 @@ def parse_announcement(doc: Mapping[str, Any], trusted: TrustedKeys) -> Announce
         "size_bytes": size,
         "force": force,
         "key_id": kid,
+        "target": target,
     }
     if kind == "url":
         t.only("kind", "url")
@@ -240,13 +311,12 @@ def parse_announcement(doc: Mapping[str, Any], trusted: TrustedKeys) -> Announce
 
 def parse_rollback(doc: Mapping[str, Any], trusted: TrustedKeys) -> RollbackCommand:
     f = _Fields(doc, "")
-    schema = f.get("schema", str)
-    if schema != ROLLBACK_SCHEMA:
-        raise AnnouncementError(f"schema: expected {ROLLBACK_SCHEMA!r}, got {schema!r}")
-    f.only("schema", "request_id", "issued_utc", "signature")
+    _schema(f, ROLLBACK_SCHEMA)
+    f.only("schema", "request_id", "issued_utc", "target", "signature")
     rid = _request_id(f)
     kid = verify_document(doc, trusted, f"rollback command {rid}")
-    return RollbackCommand(rid, _parse_time(f.get("issued_utc", str), "issued_utc"), kid)
+    issued = _parse_time(f.get("issued_utc", str), "issued_utc")
+    return RollbackCommand(rid, issued, kid, _target(f))
 
 
 def chunk_topic(update_topic: str, request_id: str, index: int) -> str:

@@ -35,7 +35,11 @@ def check_announcement(
     max_bundle_bytes: int,
     max_chunk_bytes: int,
 ) -> None:
-    """Refuse an announcement before downloading: too big, not newer, or rolled back here."""
+    """Refuse an announcement before downloading: too big, not newer, or rolled back here.
+
+    Versions are compared within a bundle name only: another bundle (``chorus-edge`` after
+    ``chorus-demo``) is a change of model, not a downgrade, whatever its version number.
+    """
     if ann.size_bytes > max_bundle_bytes:
         raise UpdateRefused(
             f"archive is {ann.size_bytes} bytes, more than updates.max_bundle_bytes "
@@ -47,7 +51,13 @@ def check_announcement(
         )
     name, version = active
     new, old = parse_version(ann.version), parse_version(version)
-    if not (ann.force or allow_downgrade) and new is not None and old is not None and new <= old:
+    if (
+        ann.name == name  # another bundle's version says nothing about this one's
+        and not (ann.force or allow_downgrade)
+        and new is not None
+        and old is not None
+        and new <= old
+    ):
         what = "the same version as" if new == old else "older than"
         raise UpdateRefused(
             f"downgrade refused: {ann.name} {ann.version} is {what} the active {name} {version} "

@@ -24,6 +24,7 @@ import json
 import logging
 import queue
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from agent.errors import ChorusError
 from agent.models.stages import LoadedModels
 from agent.ota.announce import (
     Announcement,
+    check_addressed,
     chunk_topic,
     parse_announcement,
     parse_chunk_topic,
@@ -159,6 +161,7 @@ class Updater:
         self._job: _Job | None = None
         self._last_report: bytes | None = None
         self._connected = False
+        self._connect_fail_logged = False
         self._worker = threading.Thread(target=self._run, name="ota-updater", daemon=True)
         self._resume_state()
 
@@ -204,6 +207,7 @@ class Updater:
         )
         client.max_queued_messages_set(1000)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -240,8 +244,20 @@ class Updater:
             topics.append(_chunks_filter(job))
         client.subscribe([(t, 1) for t in topics])
         self._connected = True
+        self._connect_fail_logged = False
         if self._last_report is not None:  # a broker without persistence lost it
             client.publish(self.state_topic, self._last_report, qos=1, retain=True)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        from agent.sinks.mqtt import connect_error_message
+
+        if self._connect_fail_logged:  # once per outage; the detections sink says it too
+            return
+        self._connect_fail_logged = True
+        m = self.config.mqtt
+        ca_file = m.tls.ca_file if m.tls.enabled else None
+        exc = sys.exc_info()[1]  # paho calls this while handling the attempt's OSError
+        log.warning("OTA: %s; retrying", connect_error_message(exc, f"{m.host}:{m.port}", ca_file))
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._connected = False
@@ -271,6 +287,7 @@ class Updater:
             "request_id": request_id,
             "bundle": {"name": bundle[0], "version": bundle[1]} if bundle else None,
             "active": {"name": active.name, "version": active.version},
+            "groups": list(self.config.updates.groups),  # for chorus-models rollout-status
             "reason": reason,
             "detail": detail or None,
         }
@@ -304,7 +321,7 @@ class Updater:
         elif topic in self.update_topics:
             self._on_announcement(topic, payload)
         elif topic in self.rollback_topics:
-            self._on_rollback_command(payload)
+            self._on_rollback_command(topic, payload)
         elif self._job is not None and self._job.assembler is not None:
             parsed = parse_chunk_topic(self._job.topic, topic)
             if parsed is not None and parsed[0] == self._job.ann.request_id:
@@ -333,6 +350,7 @@ class Updater:
         ann = None
         try:
             ann = parse_announcement(doc, self.trusted)
+            self._check_addressed(ann.target, topic, "update", f"announcement {ann.request_id}")
             if not resume:
                 self._check_replay(rid or "", ann.issued_utc, upd)
             self._remember(seen=ann.request_id, issued=ann.issued_utc)
@@ -367,6 +385,18 @@ class Updater:
             self._smoke_and_prepare(job, Path(installed))
             return
         self._start_job(ann, topic)
+
+    def _check_addressed(self, target: str, topic: str, command: str, what: str) -> None:
+        """Refuse a signed command for another target, or re-published on another topic."""
+        check_addressed(
+            target,
+            topic,
+            command,
+            prefix=self.config.mqtt.topic_prefix,
+            device_id=self.config.device_id,
+            groups=list(self.config.updates.groups),
+            what=what,
+        )
 
     def _check_replay(self, rid: str, issued: datetime, upd: dict[str, Any]) -> None:
         if rid in upd.get("seen", []):
@@ -536,7 +566,7 @@ class Updater:
                 "activate", models, installed, ann.request_id, f"update {ann.request_id}"
             )
 
-    def _on_rollback_command(self, payload: bytes) -> None:
+    def _on_rollback_command(self, topic: str, payload: bytes) -> None:
         if not payload:
             return
         rid = None
@@ -544,6 +574,8 @@ class Updater:
             doc = json.loads(payload)
             rid = doc.get("request_id") if isinstance(doc, dict) else None
             cmd = parse_rollback(doc, self.trusted)
+            what = f"rollback command {cmd.request_id}"
+            self._check_addressed(cmd.target, topic, "rollback", what)
             self._check_replay(cmd.request_id, cmd.issued_utc, self._updater_state())
             self._remember(seen=cmd.request_id, issued=cmd.issued_utc)
         except (ChorusError, ValueError) as exc:

@@ -49,6 +49,14 @@ T0 = datetime(2026, 5, 1, 4, 0, tzinfo=UTC)
 AUDIO_S = 150.0
 
 
+def target_of(topic: str) -> str:
+    """The roll-out target whose command topic ``topic`` is (chorus/<level>/...)."""
+    level = topic.split("/")
+    if level[1] == "_all":
+        return "all"
+    return f"group:{level[2]}" if level[1] == "_group" else f"device:{level[1]}"
+
+
 # ---------------------------------------------------------------------------------------------
 # Bundles
 
@@ -306,9 +314,11 @@ class RunningAgent:
         key: Path | None = None,
         issued_utc: datetime | None = None,
         topic: str = UPDATE_TOPIC,
+        target: str | None = None,
     ) -> dict[str, Any]:
         """Publish a hand-made archive: chunks in ``order`` (default all, in order), then a
-        signed announcement on ``topic``; returns the announcement."""
+        signed announcement on ``topic`` (for ``target``, default the topic's); returns the
+        announcement."""
         chunks = [archive[i : i + chunk_bytes] for i in range(0, len(archive), chunk_bytes)]
         doc = build_announcement(
             name=name,
@@ -318,6 +328,7 @@ class RunningAgent:
             chunk_sha256=[hashlib.sha256(c).hexdigest() for c in chunks],
             chunk_bytes=chunk_bytes,
             issued_utc=issued_utc,
+            target=target or target_of(topic),
         )
         doc = sign_document(doc, load_private_key(key or self.key))
         pub = RawPublisher(self.broker.host, self.broker.port)

@@ -41,7 +41,7 @@ from agent.ota.archive import pack_bundle
 from agent.ota.signing import TrustedKeys, generate_key, load_private_key, sign_document
 from agent.ota.store import ModelStore
 from agent.ota.transfer import TransferError, download
-from modeltools.ota.publish import PublishError, publish_rollback, publish_update
+from modeltools.ota.publish import Broker, PublishError, publish_rollback, publish_update
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -188,6 +188,7 @@ def test_download_resumes_a_partial_archive(
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
         url=server.url,
+        target="all",
     )
     ann = parse_announcement(
         sign_document(doc, load_private_key(key)), TrustedKeys.load([str(public)])
@@ -284,12 +285,12 @@ def test_rollback_command(
     rid = agent.publish(make_bundle(tmp_path, "0.2.0", agent.key))
     agent.pump(1)
     agent.wait_state("confirmed", rid)
-    where = {"host": mosquitto_broker.host, "port": mosquitto_broker.port}
+    where = Broker(mosquitto_broker.host, mosquitto_broker.port)
     generate_key(tmp_path / "stranger.key")
-    stranger = publish_rollback(tmp_path / "stranger.key", target=f"device:{DEVICE}", **where)
+    stranger = publish_rollback(tmp_path / "stranger.key", where, target=f"device:{DEVICE}")
     assert "does not trust" in agent.wait_state("refused", stranger)["reason"]
     assert agent.version == "0.2.0"
-    cmd = publish_rollback(agent.key, target="all", **where)
+    cmd = publish_rollback(agent.key, where, target="all")
     rolled = agent.wait_state("rolled_back", cmd)
     assert f"requested by rollback command {cmd}" in rolled["reason"]
     assert agent.version == "0.1.0" and rolled["active"]["version"] == "0.1.0"

@@ -54,6 +54,7 @@ def _announce(archive: Path, signer: tuple, name: str = "tiny", version: str = "
         size_bytes=len(data),
         chunk_sha256=[hashlib.sha256(data).hexdigest()],
         chunk_bytes=len(data),
+        target="all",
     )
     return parse_announcement(sign_document(doc, signer[0]), signer[1])
 

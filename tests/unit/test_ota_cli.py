@@ -24,6 +24,7 @@ COMMANDS = [
     (ota_cli.add_keys, ota_cli.run_keys),
     (ota_cli.add_publish, ota_cli.run_publish),
     (ota_cli.add_rollback, ota_cli.run_rollback),
+    (ota_cli.add_rollout_status, ota_cli.run_rollout_status),
     (verify_cli.add_bundle_parser, verify_cli.run_bundle),
 ]
 
@@ -70,3 +71,27 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
     assert chorus_models("bundle", "sign", str(unsigned), "--key", str(tmp_path / "loose.key")) == 2
     assert "readable by every user" in capsys.readouterr().err
     assert not (unsigned / SIGNATURE_NAME).exists()
+
+
+def test_broker_option_mistakes_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    key = tmp_path / "lab.key"
+    chorus_models("keys", "generate", "--out", str(key))
+    bundle = fake_bundle(tmp_path / "b", "1.2.0")
+    chorus_models("bundle", "sign", str(bundle), "--key", str(key))
+    capsys.readouterr()
+    publish = ["publish", str(bundle), "--key", str(key), "--target", "all"]
+    missing = str(tmp_path / "nope.crt")
+    cases = [
+        (["--broker", "h:1", "--tls-ca", missing], f"--tls-ca: file not found: {missing}"),
+        (["--broker", "h:1", "--tls-cert", missing], "--tls-cert and --tls-key go together"),
+        (["--broker", "h:99999"], "--broker: port must be 1-65535"),
+        (["--broker", "h:1", "--wait", "-1"], "--wait must be >= 0 seconds"),
+    ]
+    for extra, message in cases:
+        assert chorus_models(*publish, *extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert chorus_models("rollout-status") == 2
+    assert "--broker HOST[:PORT] is required" in capsys.readouterr().err

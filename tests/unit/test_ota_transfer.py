@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from agent.ota.announce import (
     AnnouncementError,
     build_announcement,
     build_rollback,
+    check_addressed,
     chunk_digests,
     chunk_topic,
     iter_chunks,
@@ -62,6 +64,7 @@ def _doc(archive: Path, **changes: Any) -> dict[str, Any]:
         "size_bytes": len(data),
         "chunk_sha256": chunk_digests(archive, CHUNK),
         "chunk_bytes": CHUNK,
+        "target": "device:pi-1",
     }
     fields.update(changes)
     return build_announcement(**fields)
@@ -119,10 +122,64 @@ def test_unknown_announcement_keys_are_refused(archive: Path, signer: tuple) -> 
 
 
 def test_rollback_command_round_trip(signer: tuple) -> None:
-    doc = sign_document(build_rollback(issued_utc=datetime(2026, 5, 1, tzinfo=UTC)), signer[0])
-    assert parse_rollback(doc, signer[1]).issued_utc == datetime(2026, 5, 1, tzinfo=UTC)
+    t = datetime(2026, 5, 1, tzinfo=UTC)
+    doc = sign_document(build_rollback("group:north", issued_utc=t), signer[0])
+    cmd = parse_rollback(doc, signer[1])
+    assert (cmd.issued_utc, cmd.target) == (t, "group:north")
     with pytest.raises(SignatureError):
         parse_rollback({k: v for k, v in doc.items() if k != "signature"}, signer[1])
+
+
+def test_the_target_is_signed(archive: Path, signer: tuple) -> None:
+    doc = sign_document(_doc(archive), signer[0])
+    assert _ann(archive, signer).target == "device:pi-1"
+    doc["target"] = "all"  # a device's update turned into a fleet-wide one
+    with pytest.raises(SignatureError, match="does not match"):
+        parse_announcement(doc, signer[1])
+    rollback = sign_document(build_rollback("device:pi-1"), signer[0])
+    rollback["target"] = "group:north"
+    with pytest.raises(SignatureError, match="does not match"):
+        parse_rollback(rollback, signer[1])
+    with pytest.raises(AnnouncementError, match="target: must be device:<id>, group:<name>"):
+        _ann(archive, signer, target="everyone")
+
+
+def test_commands_whose_signature_does_not_cover_the_target_are_refused(
+    archive: Path, signer: tuple
+) -> None:
+    """The /2 schemas signed everything but the target: refused, no fallback."""
+    old = {k: v for k, v in _doc(archive).items() if k != "target"}
+    old["schema"] = "chorus.cmd.update/2"
+    with pytest.raises(AnnouncementError, match="signature does not cover the target"):
+        parse_announcement(sign_document(old, signer[0]), signer[1])
+    rollback = {k: v for k, v in build_rollback("all").items() if k != "target"}
+    rollback["schema"] = "chorus.cmd.rollback/2"
+    with pytest.raises(AnnouncementError, match="signature does not cover the target"):
+        parse_rollback(sign_document(rollback, signer[0]), signer[1])
+
+
+@pytest.mark.parametrize(
+    ("target", "topic", "reason"),
+    [
+        ("device:pi-1", "chorus/pi-1/cmd/update", None),
+        ("group:north", "chorus/_group/north/cmd/update", None),
+        ("all", "chorus/_all/cmd/update", None),
+        ("device:pi-2", "chorus/_all/cmd/update", "signed for target device:pi-2, not for this"),
+        ("group:south", "chorus/_group/south/cmd/update", "not in group south"),
+        ("device:pi-1", "chorus/_all/cmd/update", "arrived on chorus/_all/cmd/update"),
+        ("group:north", "chorus/_all/cmd/update", "re-published to another target"),
+        ("all", "chorus/pi-1/cmd/update", "signed for target all (chorus/_all/cmd/update)"),
+    ],
+)
+def test_a_device_takes_only_commands_addressed_to_it(
+    target: str, topic: str, reason: str | None
+) -> None:
+    where = {"prefix": "chorus", "device_id": "pi-1", "groups": ["north"], "what": "command r"}
+    if reason is None:
+        check_addressed(target, topic, "update", **where)
+    else:
+        with pytest.raises(AnnouncementError, match=re.escape(reason)):
+            check_addressed(target, topic, "update", **where)
 
 
 def test_chunk_topics() -> None:
@@ -152,6 +209,8 @@ def test_downgrades_are_refused_unless_forced(archive: Path, signer: tuple) -> N
         _check(_ann(archive, signer, version="1.1.0"))
     _check(_ann(archive, signer, version="1.0.9", force=True))
     _check(older, allow_downgrade=True)
+    # Versions compare within a bundle name: another bundle is no downgrade.
+    _check(_ann(archive, signer, name="chorus-edge", version="0.0.1"))
 
 
 def test_limits_and_rolled_back_versions_are_refused(archive: Path, signer: tuple) -> None:
