@@ -9,15 +9,19 @@
 * It connects with ``clean_start=False`` and a session expiry, so the broker queues
   detections for it while it is away (a broker with ``persistence true`` keeps them across
   its own restarts too).
-* Every payload is checked against ``detection.schema.json`` and against its topic (the
-  device in the payload must be the device in the topic). A bad one is counted by reason,
-  kept in the ``rejects`` table (first bytes only), acknowledged, and never crashes anything.
+* Every payload is decoded as I-JSON (no NaN/Infinity, no lone surrogates) and checked
+  against ``detection.schema.json`` and against its topic (the device in the payload must be
+  the device in the topic). A bad one is counted by reason, kept in the ``rejects`` table
+  (first bytes only), acknowledged, and never crashes anything.
+* A batch is one transaction. When the store refuses a batch's *data* (its
+  ``refused_errors``), the batch is stored again one message at a time, so the one message
+  it refuses is rejected as ``store_refused`` (with the database's words) and acknowledged,
+  and the rest are stored. Other failures (database away, locked, full) are retried.
 * The detections table's primary key is the detection id: a duplicate is counted, not stored.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import random
@@ -36,7 +40,7 @@ from paho.mqtt.properties import Properties
 
 from agent.backoff import backoff_delay_s
 from agent.collector.store import DetectionRow, DeviceUpdate, Reject, Store
-from agent.schemas import validator
+from agent.schemas import MessageError, parse_message, validator
 from agent.topics import parse_device_topic
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,16 @@ class _Message:
     topic: str
     payload: bytes
     received_utc: str
+
+
+def _storable(text: str) -> str:
+    """``text`` with lone surrogates and NULs escaped, so that any store takes it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _now_iso() -> str:
@@ -285,18 +299,46 @@ class Collector:
                         return
                     continue
             try:
-                self._store(pending)
+                self._commit(pending)
             except Exception:
                 with self._lock:
                     self._counts["store_errors"] += 1
                 log.exception("storing %d message(s) failed; retrying", len(pending))
                 if self._stop.wait(1.0):
                     return  # unacknowledged: the broker re-delivers them to the next run
-                continue
-            for m in pending:
-                if m.qos > 0:
-                    self._client.ack(m.mid, m.qos)
-            pending = []
+
+    def _commit(self, pending: list[_Message]) -> None:
+        """Store and acknowledge ``pending``, emptying it. Raises what is worth retrying,
+        with what is not yet stored left in ``pending``."""
+        try:
+            self._store(pending)
+        except self.store.refused_errors as exc:
+            if len(pending) == 1:
+                self._store_refused(pending[0], exc)
+            else:
+                log.warning(
+                    "the store refused a batch of %d (%s); storing one message at a time",
+                    len(pending),
+                    _first_line(exc),
+                )
+                while pending:
+                    self._commit(pending[:1])
+                    del pending[0]
+                return
+        for m in pending:
+            if m.qos > 0:
+                self._client.ack(m.mid, m.qos)
+        pending.clear()
+
+    def _store_refused(self, m: _Message, exc: Exception) -> None:
+        """Keep the message the store refused in ``rejects`` (the rest of it, by reason)."""
+        r = self._reject(m, "store_refused", f"{type(exc).__name__}: {_first_line(exc)}")
+        self.store.write((), [r])
+        with self._lock:
+            self._counts["received"] += 1
+            self._counts["rejected"] += 1
+            self._reasons[r.reason] += 1
+        self._log_reject(r)
 
     def _take_batch(self) -> list[_Message]:
         try:
@@ -336,11 +378,7 @@ class Collector:
                     rejects.append(update)
                 else:
                     updates.append(update)
-        new = self.store.insert([r for r, _ in rows]) if rows else set()
-        if rejects:
-            self.store.add_rejects(rejects)
-        if updates:
-            self.store.update_devices(updates)
+        new = self.store.write([r for r, _ in rows], rejects, updates)
         seen: set[str] = set()
         dups = []
         for row, dup in rows:
@@ -365,13 +403,9 @@ class Collector:
         if len(m.payload) > MAX_PAYLOAD_BYTES:
             return self._reject(m, "too_large", f"{len(m.payload)} bytes")
         try:
-            text = m.payload.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return self._reject(m, "not_utf8", str(exc))
-        try:
-            payload = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            return self._reject(m, "not_json", str(exc)[:200])
+            payload = parse_message(m.payload)
+        except MessageError as exc:
+            return self._reject(m, exc.reason, exc.detail)
         error = next(iter(self._validate.iter_errors(payload)), None)
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -380,7 +414,7 @@ class Collector:
             return self._reject(
                 m, "device_mismatch", f"topic {topic_device!r}, payload {payload['device']!r}"
             )
-        return DetectionRow.from_payload(payload, m.received_utc, text)
+        return DetectionRow.from_payload(payload, m.received_utc, m.payload.decode("utf-8"))
 
     def _check_device_message(self, m: _Message, device: str, kind: str) -> DeviceUpdate | Reject:
         try:
@@ -394,9 +428,9 @@ class Collector:
             if not text:
                 return DeviceUpdate(device, kind, "null", m.received_utc)  # retained cleared
             try:
-                status = json.loads(text)
-            except json.JSONDecodeError as exc:
-                return self._reject(m, "not_json", str(exc)[:200])
+                status = parse_message(m.payload)
+            except MessageError as exc:
+                return self._reject(m, exc.reason, exc.detail)
             error = next(iter(self._validate_status.iter_errors(status)), None)
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -407,7 +441,13 @@ class Collector:
 
     @staticmethod
     def _reject(m: _Message, reason: str, detail: str) -> Reject:
-        return Reject(m.received_utc, m.topic, reason, detail, m.payload[:_REJECT_HEAD_BYTES])
+        return Reject(
+            m.received_utc,
+            _storable(m.topic),
+            reason,
+            _storable(detail),
+            m.payload[:_REJECT_HEAD_BYTES],
+        )
 
     def _log_reject(self, r: Reject) -> None:
         now = time.monotonic()

@@ -1,16 +1,25 @@
 """Where the collector keeps detections: SQLite (default) or PostgreSQL (a DSN).
 
-Both stores have the same tables and the same contract: :meth:`Store.insert` writes a batch in
-one transaction and returns the ids it *newly* stored; an id already present (a re-delivery)
-is skipped, so the table holds each detection exactly once however often it arrives.
+Both stores have the same tables and the same contract: :meth:`Store.write` stores a batch
+(detections, rejects, device updates) in one transaction and returns the detection ids it
+*newly* stored; an id already present (a re-delivery) is skipped, so the table holds each
+detection exactly once however often it arrives. Any other failure rolls the whole batch back;
+``refused_errors`` names the exceptions that mean *this data* can never be stored (a retry
+cannot help), as opposed to the database being away, locked or full.
+
+The SQLite file is created 0640 (0600 under a stricter umask) whatever the umask, and an
+existing one is tightened to that: it holds every device's detections and status.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import astuple, dataclass, fields
@@ -27,6 +36,11 @@ class StoreError(ChorusError):
     """The database cannot be opened or written."""
 
     exit_code = 2
+
+
+# Whatever the database: a value it has no type for, a string it cannot encode, bad JSON.
+_DATA_ERRORS: tuple[type[Exception], ...] = (OverflowError, UnicodeError, ValueError)
+_DB_MODE = 0o640  # owner rw, group (the service's group) r, others nothing
 
 
 @dataclass(frozen=True)
@@ -106,11 +120,18 @@ class DeviceUpdate:
 
 
 class Store(Protocol):
+    refused_errors: tuple[type[Exception], ...]  # the data can never be stored: do not retry
+
+    def write(
+        self,
+        rows: Sequence[DetectionRow],
+        rejects: Sequence[Reject] = (),
+        updates: Sequence[DeviceUpdate] = (),
+    ) -> set[str]: ...
     def insert(self, rows: Sequence[DetectionRow]) -> set[str]: ...
-    def add_rejects(self, rejects: Sequence[Reject]) -> None: ...
-    def update_devices(self, updates: Sequence[DeviceUpdate]) -> None: ...
     def count(self) -> int: ...
     def ids(self) -> list[str]: ...
+    def reject_reasons(self) -> dict[str, int]: ...
     def iter_rows(
         self, device: str | None = None, since: str | None = None, until: str | None = None
     ) -> Iterator[tuple[Any, ...]]: ...
@@ -149,16 +170,54 @@ def _where(device: str | None, since: str | None, until: str | None, mark: str) 
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
-class SqliteStore:
-    """SQLite file in WAL mode; several collector processes may share it (busy timeout)."""
+def _private_file(path: Path) -> None:
+    """Create ``path`` (0640 at most, whatever the umask) or tighten an existing one, and its
+    WAL files (SQLite gives those the database's mode when it creates them).
 
-    def __init__(self, path: str | Path) -> None:
+    By path only: closing any descriptor of a database file would drop the POSIX locks that
+    another connection of this process holds on it."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _DB_MODE))
+    for side in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(side.stat().st_mode)
+            if mode & ~_DB_MODE:
+                side.chmod(mode & _DB_MODE)
+        except FileNotFoundError:
+            continue
+
+
+class SqliteStore:
+    """SQLite file in WAL mode; several collector processes may share it (busy timeout).
+
+    ``create=False`` (export) opens an existing collector database only: a mistyped path is
+    an error, not a new empty database."""
+
+    refused_errors: tuple[type[Exception], ...] = (
+        sqlite3.IntegrityError,
+        sqlite3.DataError,
+        *_DATA_ERRORS,
+    )
+
+    def __init__(self, path: str | Path, *, create: bool = True) -> None:
         self.path = Path(path)
         self._lock = threading.RLock()  # one connection, used by the writer and by readers
+        if not create and not self.path.is_file():
+            raise StoreError(f"no collector database at {self.path}")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if create:
+                self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+                _private_file(self.path)
+            self._db = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=rw",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
             self._db.execute("PRAGMA busy_timeout = 10000")
+            if not create:
+                self._check_tables()
+                return
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.executescript(
@@ -181,32 +240,39 @@ class SqliteStore:
             )
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open collector database {self.path}: {exc}") from None
+        _private_file(self.path)  # the WAL files exist now
         marks = ",".join("?" * len(COLUMNS))
+        # Only a duplicate id is skipped: a NOT NULL or CHECK failure must raise, not vanish.
         self._insert_sql = (
-            f"INSERT OR IGNORE INTO detections ({','.join(COLUMNS)}) VALUES ({marks})"
+            f"INSERT INTO detections ({','.join(COLUMNS)}) VALUES ({marks}) "
+            "ON CONFLICT (id) DO NOTHING"
         )
+
+    def _check_tables(self) -> None:
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        if "detections" not in tables:
+            self._db.close()
+            raise StoreError(f"{self.path} is not a collector database (no detections table)")
 
     def _tx(self) -> Any:
         return _SqliteTx(self._db, self._lock)
 
-    def insert(self, rows: Sequence[DetectionRow]) -> set[str]:
+    def write(
+        self,
+        rows: Sequence[DetectionRow],
+        rejects: Sequence[Reject] = (),
+        updates: Sequence[DeviceUpdate] = (),
+    ) -> set[str]:
         new: set[str] = set()
         with self._tx():
             for row in rows:
                 if self._db.execute(self._insert_sql, astuple(row)).rowcount == 1:
                     new.add(row.id)
-        return new
-
-    def add_rejects(self, rejects: Sequence[Reject]) -> None:
-        with self._tx():
             self._db.executemany(
                 "INSERT INTO rejects (received_utc, topic, reason, detail, payload_head) "
                 "VALUES (?, ?, ?, ?, ?)",
                 [astuple(r) for r in rejects],
             )
-
-    def update_devices(self, updates: Sequence[DeviceUpdate]) -> None:
-        with self._tx():
             for u in updates:
                 col = "availability" if u.kind == "availability" else "status"
                 self._db.execute(
@@ -215,6 +281,10 @@ class SqliteStore:
                     f"{col}_utc = excluded.{col}_utc",
                     (u.device, u.value, u.received_utc),
                 )
+        return new
+
+    def insert(self, rows: Sequence[DetectionRow]) -> set[str]:
+        return self.write(rows)
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -289,6 +359,11 @@ class PostgresStore:
         except ImportError:
             raise StoreError("PostgreSQL needs psycopg: pip install 'chorus[collector]'") from None
         self._psycopg = psycopg
+        self.refused_errors: tuple[type[Exception], ...] = (
+            psycopg.DataError,
+            psycopg.IntegrityError,
+            *_DATA_ERRORS,
+        )
         self._dsn = dsn
         self._lock = threading.Lock()
         try:
@@ -340,39 +415,33 @@ class PostgresStore:
                 values[i] = _parse_utc(values[i])
         return tuple(values)
 
-    def insert(self, rows: Sequence[DetectionRow]) -> set[str]:
+    def write(
+        self,
+        rows: Sequence[DetectionRow],
+        rejects: Sequence[Reject] = (),
+        updates: Sequence[DeviceUpdate] = (),
+    ) -> set[str]:
         new: set[str] = set()
-        if not rows:
-            return new
         params = [self._params(r) for r in rows]
-        with self._lock:
-            db = self._conn()
-            with db.transaction(), db.cursor() as cur:
-                cur.executemany(self._insert_sql, params, returning=True)
-                while True:
-                    new.update(detection_id for (detection_id,) in cur.fetchall())
-                    if not cur.nextset():
-                        break
-        return new
-
-    def add_rejects(self, rejects: Sequence[Reject]) -> None:
-        params = [
+        reject_params = [
             (_parse_utc(r.received_utc), r.topic, r.reason, r.detail, r.payload_head)
             for r in rejects
         ]
         with self._lock:
             db = self._conn()
             with db.transaction(), db.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO rejects (received_utc, topic, reason, detail, payload_head) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    params,
-                )
-
-    def update_devices(self, updates: Sequence[DeviceUpdate]) -> None:
-        with self._lock:
-            db = self._conn()
-            with db.transaction():
+                if params:
+                    cur.executemany(self._insert_sql, params, returning=True)
+                    while True:
+                        new.update(detection_id for (detection_id,) in cur.fetchall())
+                        if not cur.nextset():
+                            break
+                if reject_params:
+                    cur.executemany(
+                        "INSERT INTO rejects (received_utc, topic, reason, detail, payload_head) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        reject_params,
+                    )
                 for u in updates:
                     col = "availability" if u.kind == "availability" else "status"
                     value: Any = u.value
@@ -380,12 +449,16 @@ class PostgresStore:
                         from psycopg.types.json import Jsonb
 
                         value = Jsonb(json.loads(u.value))
-                    db.execute(
+                    cur.execute(
                         f"INSERT INTO devices (device, {col}, {col}_utc) VALUES (%s, %s, %s) "
                         f"ON CONFLICT (device) DO UPDATE SET {col} = excluded.{col}, "
                         f"{col}_utc = excluded.{col}_utc",
                         (u.device, value, _parse_utc(u.received_utc)),
                     )
+        return new
+
+    def insert(self, rows: Sequence[DetectionRow]) -> set[str]:
+        return self.write(rows)
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -396,6 +469,10 @@ class PostgresStore:
 
     def ids(self) -> list[str]:
         return [r[0] for r in self._query("SELECT id FROM detections ORDER BY id")]
+
+    def reject_reasons(self) -> dict[str, int]:
+        rows = self._query("SELECT reason, COUNT(*) FROM rejects GROUP BY reason")
+        return {str(r): int(n) for r, n in rows}
 
     def iter_rows(
         self, device: str | None = None, since: str | None = None, until: str | None = None
@@ -441,13 +518,16 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def open_store(db: str | Path | None = None, dsn: str | None = None) -> Store:
-    """PostgreSQL if ``dsn`` is given, else the SQLite file ``db``."""
+def open_store(
+    db: str | Path | None = None, dsn: str | None = None, *, create: bool = True
+) -> Store:
+    """PostgreSQL if ``dsn`` is given, else the SQLite file ``db`` (created unless
+    ``create`` is false)."""
     if dsn:
         return PostgresStore(dsn)
     if db is None:
         raise StoreError("give a SQLite file (--db) or a PostgreSQL DSN")
-    return SqliteStore(db)
+    return SqliteStore(db, create=create)
 
 
 def export_csv(store: Store, out: IO[str], **filters: str | None) -> int:

@@ -18,7 +18,14 @@ from agent.forwarder import ForwarderStats
 from agent.health import build_status, pipeline_counters
 from agent.outbox import OutboxStats
 from agent.pipeline import PipelineStats
-from agent.schemas import SCHEMAS, is_rfc3339, load_schema, validator
+from agent.schemas import (
+    SCHEMAS,
+    MessageError,
+    is_rfc3339,
+    load_schema,
+    parse_message,
+    validator,
+)
 from agent.sinks.homeassistant import discovery_messages, node_id
 from agent.sinks.mqtt import MqttStats
 from agent.topics import (
@@ -93,6 +100,18 @@ def test_detection_payload_matches_its_schema() -> None:
         (lambda p: p.update(schema="chorus.detection/2"), "was expected"),
         (lambda p: p.update(device="a/b"), "does not match"),
         (lambda p: p.update(location={"latitude_deg": 95.0, "longitude_deg": 0}), "maximum"),
+        # Every number and string is bounded so that any store can hold it (issue 24).
+        (lambda p: p.update(windows=10**30), "greater than the maximum"),
+        (lambda p: p.update(windows=2**31), "greater than the maximum"),
+        (lambda p: p.update(logit=1e300), "greater than the maximum"),
+        (lambda p: p.update(end_s=1e300), "greater than the maximum"),
+        (lambda p: p["species"].update(code="\ud800"), "should not be valid"),
+        (lambda p: p["species"].update(common_name="Robin\u0000"), "should not be valid"),
+        (lambda p: p.update(device="field-01\n"), "should not be valid"),  # '$' matches before \n
+        (lambda p: p.update(id="abc\n"), "should not be valid"),
+        (lambda p: p["model"].update(version="x" * 201), "is too long"),
+        (lambda p: p.update(source="x" * 5000), "is too long"),
+        (lambda p: p.update(end_utc="9999-12-31T23:59:59-23:59"), "is not a 'date-time'"),
     ],
 )
 def test_detection_schema_rejects_broken_payloads(change: Any, needle: str) -> None:
@@ -100,6 +119,38 @@ def test_detection_schema_rejects_broken_payloads(change: Any, needle: str) -> N
     change(payload)
     found = errors("detection", payload)
     assert found and any(needle in e for e in found), found
+
+
+def test_detection_schema_takes_any_valid_unicode() -> None:
+    payload = detection(common_name="Rotkehlchen 🐦 é", scientific_name="Ærithacus").to_payload()
+    assert errors("detection", payload) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b'{"logit": NaN}', "not_finite"),
+        (b'{"a": [Infinity]}', "not_finite"),
+        (b'{"a": -Infinity}', "not_finite"),
+        (b'{"a": 1e400}', "not_finite"),
+        (b'{"a": "\\ud800"}', "bad_unicode"),
+        (b'{"\\udfff": 1}', "bad_unicode"),
+        (b'{"a": [{"b": "x\\udc00"}]}', "bad_unicode"),
+        (b'{"a": ' + b"1" * 5000 + b"}", "not_json"),  # beyond int's 4300-digit limit
+        (b"[" * 20_000 + b"]" * 20_000, "not_json"),
+        (b"\xff", "not_utf8"),
+        (b"", "not_json"),
+    ],
+)
+def test_parse_message_refuses_what_no_store_can_keep(data: bytes, reason: str) -> None:
+    with pytest.raises(MessageError) as err:
+        parse_message(data)
+    assert err.value.reason == reason
+
+
+def test_parse_message_takes_i_json() -> None:
+    value = parse_message('{"a": [1.5e300, -0.0, 10, "\\ud83d\\udc26 é"]}'.encode())
+    assert value == {"a": [1.5e300, -0.0, 10, "🐦 é"]}
 
 
 def test_date_time_format_check() -> None:
