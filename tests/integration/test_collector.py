@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -301,3 +302,62 @@ def test_dsn_file_must_be_private(tmp_path: Path, mode: int) -> None:
         assert "readable by every user" in lines[0]
     else:
         assert "cannot use PostgreSQL" in lines[0]
+
+
+@pytest.mark.parametrize("name", ["typo.sqlite", "missing-dir/central.sqlite"])
+def test_export_from_a_missing_database_is_one_error_and_creates_nothing(
+    tmp_path: Path, name: str
+) -> None:
+    typo = tmp_path / name
+    done = subprocess.run(
+        _collector_cmd("export", "--db", str(typo), "--out", "-"),
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**os.environ, "CHORUS_COLLECTOR_DSN": ""},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"chorus-collector: error: no collector database at {typo}"
+    ]
+    assert done.stdout == ""
+    assert sorted(tmp_path.iterdir()) == []  # nothing created, no folder either
+
+
+def test_export_refuses_a_sqlite_file_that_is_not_a_collector_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "outbox.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY)")
+    done = subprocess.run(
+        _collector_cmd("export", "--db", str(other), "--out", "-"),
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+        env={**os.environ, "CHORUS_COLLECTOR_DSN": ""},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"chorus-collector: error: {other} is not a collector database (no detections table)"
+    ]
+    with sqlite3.connect(other) as db:  # left as it was
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["outbox"]
+
+
+def test_collector_database_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    from agent.collector.store import DetectionRow
+
+    row = DetectionRow.from_payload(payload(0), "2026-05-01T05:00:00.000Z", "{}")
+    old = os.umask(0)
+    try:
+        store = SqliteStore(tmp_path / "new" / "central.sqlite")
+        store.insert([row])
+        made = list((tmp_path / "new").iterdir())
+        assert {p.name for p in made} >= {"central.sqlite", "central.sqlite-wal"}
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in made}
+        assert set(modes.values()) == {0o640}, modes
+        assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o750
+        store.close()
+        # A database created 0644 by an older version is tightened when opened.
+        (tmp_path / "new" / "central.sqlite").chmod(0o644)
+        SqliteStore(tmp_path / "new" / "central.sqlite").close()
+        assert stat.S_IMODE((tmp_path / "new" / "central.sqlite").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
