@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from agent.detection.combine import PAPER_MAX, CombinationPolicy
 from agent.errors import BundleError
 from agent.models.frontend import FrontendParams, NumpyFrontend
 from agent.models.frontend import supports as frontend_supports
@@ -87,7 +88,7 @@ def require_finite(values: np.ndarray, stage: str) -> np.ndarray:
     """
     if not np.all(np.isfinite(values)):
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
-        raise FloatingPointError(f"{stage} output {bad} non-finite value(s) (NaN/Inf)")
+        raise FloatingPointError(f"{stage} outputs NaN/Inf ({bad} of {np.size(values)} values)")
     return values
 
 
@@ -210,6 +211,9 @@ class LoadedModels:
     separator: Separator | None
     classifiers: list[ClassifierStage]
     species_filter: SpeciesFilter | None = field(default=None)
+    # How separated channels vote (the bundle's policy for the backend in use; the paper's
+    # max unless the config or the bundle says otherwise).
+    combination: CombinationPolicy = field(default=PAPER_MAX)
 
     @property
     def sample_rate_hz(self) -> int:

@@ -75,7 +75,11 @@ def _run_window(models: Any, x: np.ndarray) -> dict[str, np.ndarray]:
 
 def _nonfinite(models: Any) -> str | None:
     x = _window(models)
-    for key, out in _run_window(models, x).items():
+    try:
+        outputs = _run_window(models, x)
+    except FloatingPointError as exc:  # a stage refuses to pass its own NaN/Inf on
+        return f"{exc} on the test window"
+    for key, out in outputs.items():
         if not np.all(np.isfinite(out)):
             bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
             return f"{key} outputs NaN/Inf ({bad} of {np.size(out)} values) on the test window"
