@@ -110,6 +110,8 @@ def build_models(config: AgentConfig, path: Path | None = None) -> LoadedModels:
                 config.inference.num_threads,
             )
         ]
+    if config.inference.combination == "bundle":
+        models.combination = bundle.manifest.combination_for("birdnet" if birdnet else "chorus")
     lf = config.classifier.location_filter
     if lf.enabled:
         from agent.models.location import LocationFilter

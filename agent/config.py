@@ -110,6 +110,10 @@ class InferenceConfig(_Section):
     # Which channels vote (ALGORITHMS.md §2.7): the original audio, the separated channels,
     # or both (the paper's best); the max over the chosen channels wins.
     mode: Literal["mix_only", "separated_only", "mix_and_separated"] = "mix_and_separated"
+    # How separated channels vote with the mix in mix_and_separated: "bundle" = the bundle's
+    # calibrated policy for the classifier backend (the paper's max if it carries none);
+    # "max" = always the paper's max over the mix and the separator's outputs.
+    combination: Literal["bundle", "max"] = "bundle"
 
 
 Probability = Annotated[float, Field(ge=0, le=1)]

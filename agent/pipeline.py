@@ -21,7 +21,13 @@ import numpy as np
 from agent.audio.chunk import AudioChunk, AudioSource, StreamInfo
 from agent.clips import ClipStore
 from agent.config import DetectionConfig
-from agent.detection.combine import Combined, Mode, channel_names, combine_channels
+from agent.detection.combine import (
+    SKIPPED_LOGIT,
+    Combined,
+    Mode,
+    channel_names,
+    combine_channels,
+)
 from agent.detection.events import DetectionContext, EventDetector
 from agent.detection.types import Detection
 from agent.errors import ChorusError
@@ -61,7 +67,7 @@ class PipelineStats:
 class WindowResult:
     window: Window
     scores: list[tuple[ClassifierStage, Combined]]
-    channels: np.ndarray  # (1 + M, N): the mix then the separated sources
+    channels: np.ndarray  # (1 + M, N): the mix then the separated channels (sources or remixes)
 
 
 class Inference:
@@ -74,25 +80,33 @@ class Inference:
         self.mode = mode
         self.stats = stats
         self.num_sources = models.separator.num_sources if models.separator else 0
-        self.channel_names = tuple(channel_names(self.num_sources))
+        self.policy = models.combination
+        self.channel_names = tuple(channel_names(self.num_sources, self.policy.channels))
 
     def run(self, window: Window) -> WindowResult:
         mix = window.samples.astype(np.float32)
         t0 = time.perf_counter()
         if self.models.separator is not None and self.mode != "mix_only":
             sources = self.models.separator.separate(mix)  # (M, N)
-            # The mix is only classified when the mode lets it vote.
-            channels = np.concatenate([mix[np.newaxis], sources], axis=0)
+            # The policy says which channels the classifier hears (sources or remixes) and
+            # which near-silent ones it skips.
+            channels = self.policy.channels_of(mix, sources)  # (1 + M, N)
+            active = self.policy.active(mix, sources)  # (1 + M,)
         else:
             channels = mix[np.newaxis]
+            active = np.ones(1, bool)
         t1 = time.perf_counter()
         # separated_only still classifies the mix: mix-only classes (``unknown``) read it.
         scores = []
         for clf in self.models.classifiers:
             # NaN would silently never pass a threshold; raising counts a failed window that
             # health reports (and an OTA probation) see.
-            logits = require_finite(clf.classify(channels), f"classifier {clf.name}")  # (K, C)
-            scores.append((clf, combine_channels(logits, self.mode, clf.mix_only_indices)))
+            heard = require_finite(clf.classify(channels[active]), f"classifier {clf.name}")
+            logits = np.full((channels.shape[0], heard.shape[1]), SKIPPED_LOGIT, np.float32)
+            logits[active] = heard  # (K, C); skipped channels never win
+            scores.append(
+                (clf, combine_channels(logits, self.mode, clf.mix_only_indices, self.policy))
+            )
         t2 = time.perf_counter()
         self.stats.separator_s += t1 - t0
         self.stats.classifier_s += t2 - t1

@@ -17,8 +17,8 @@ from typing import Any
 
 from agent.errors import ChorusError
 from modeltools.argtypes import comma_list
+from modeltools.evaluation import calibrate, real_report
 from modeltools.evaluation import cli as evaluation_cli
-from modeltools.evaluation import real_report
 from modeltools.export import cli as export_cli
 from modeltools.ota import cli as ota_cli
 from modeltools.packaging import verify_cli
@@ -891,6 +891,7 @@ _COMMANDS: list[tuple[Adder, Runner]] = [
     (verify_cli.add_bundle_parser, verify_cli.run_bundle),
     (evaluation_cli.add_evaluate, evaluation_cli.run_evaluate),
     (real_report.add_benchmark, real_report.run_benchmark),
+    (calibrate.add_calibrate, calibrate.run_calibrate),
     (ota_cli.add_keys, ota_cli.run_keys),
     (ota_cli.add_publish, ota_cli.run_publish),
     (ota_cli.add_rollback, ota_cli.run_rollback),

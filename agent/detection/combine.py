@@ -1,23 +1,118 @@
 """Combine per-channel logits into one score per class (ALGORITHMS.md §2.7).
 
-Channel 0 is always the original mix; channels 1..M are the separated sources. The ensemble
-mean has already been taken per channel (``Classifier.classify``); here we take the max over
-the channels the mode allows, and remember which channel won. All in the logit domain.
+Channel 0 is always the original mix; channels 1..M are derived from the separated sources.
+The ensemble mean has already been taken per channel (``Classifier.classify``); here the
+channels the mode allows vote, and we remember which channel won. All in the logit domain.
+
+How separated channels vote is a :class:`CombinationPolicy`, carried by the bundle (chosen by
+``chorus-models calibrate-combination`` on training-allowed real audio) and applied the same way
+to every classifier backend. :data:`PAPER_MAX` is the paper's rule: the max over the mix and the
+separator's outputs. A policy can instead
+
+* classify *remixes*: each separated source taken out of the mix (``mix - s_j``, channel
+  ``mix-sep{j}``). Mixture consistency makes these the mix minus one estimated source, so they
+  keep the recording's texture the classifier knows, instead of one isolated channel with its
+  artifacts;
+* give the separated channels a partial say: ``max(mix, (1 - w) * mix + w * (best + offset))``
+  (``w = 1``, ``offset = 0`` is the plain max), so a separated channel lifts a score the mix
+  already half supports more than it invents one;
+* gate: a channel whose source is near-silent (RMS below ``gate_rms_ratio`` of the mix's) is not
+  classified at all (it cannot hold a bird the mix lacks, and costs a classifier run).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
 Mode = Literal["mix_only", "separated_only", "mix_and_separated"]
+ChannelKind = Literal["sources", "remixes"]
+CHANNEL_KINDS: tuple[str, ...] = ("sources", "remixes")
+# Logit of a channel the gate skipped: never wins, and stays a finite number in payloads.
+SKIPPED_LOGIT = -100.0
 
 
-def channel_names(num_sources: int) -> list[str]:
-    """Names used in detections: "mix", then "sep0" … "sep{M-1}"."""
-    return ["mix"] + [f"sep{j}" for j in range(num_sources)]
+def channel_names(num_sources: int, kind: str = "sources") -> list[str]:
+    """Names used in detections: "mix", then "sep0" … "sep{M-1}" (the separator's outputs) or
+    "mix-sep0" … (the mix with that source taken out)."""
+    prefix = "sep" if kind == "sources" else "mix-sep"
+    return ["mix"] + [f"{prefix}{j}" for j in range(num_sources)]
+
+
+@dataclass(frozen=True)
+class CombinationPolicy:
+    """How separated channels vote with the mix (module docstring)."""
+
+    channels: str = "sources"  # "sources" | "remixes"
+    weight: float = 1.0  # say of the best separated channel, (0, 1]
+    offset: float = 0.0  # logit offset added to separated channels
+    gate_rms_ratio: float = 0.0  # skip channels whose source RMS < this x the mix's RMS
+    calibration: Mapping[str, Any] = field(default_factory=dict, compare=False)  # provenance
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def unchecked(cls, **fields: Any) -> CombinationPolicy:
+        """A policy built without validation, to ask :meth:`problems` about untrusted input."""
+        obj = object.__new__(cls)
+        for name, value in {"calibration": {}, **fields}.items():
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.channels not in CHANNEL_KINDS:
+            out.append(
+                f"channels: expected one of {', '.join(CHANNEL_KINDS)}, got {self.channels!r}"
+            )
+        if not (isinstance(self.weight, int | float) and 0.0 < self.weight <= 1.0):
+            out.append(f"weight: must be in (0, 1], got {self.weight!r}")
+        if not (isinstance(self.offset, int | float) and math.isfinite(self.offset)):
+            out.append(f"offset: must be a finite number, got {self.offset!r}")
+        elif abs(self.offset) > 20:
+            out.append(f"offset: must be within +-20 logits, got {self.offset}")
+        if not (isinstance(self.gate_rms_ratio, int | float) and 0.0 <= self.gate_rms_ratio < 1.0):
+            out.append(f"gate_rms_ratio: must be in [0, 1), got {self.gate_rms_ratio!r}")
+        return out
+
+    @property
+    def is_paper_max(self) -> bool:
+        return self.channels == "sources" and self.weight == 1.0 and self.offset == 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "channels": self.channels,
+            "weight": self.weight,
+            "offset": self.offset,
+            "gate_rms_ratio": self.gate_rms_ratio,
+        }
+        if self.calibration:
+            out["calibration"] = dict(self.calibration)
+        return out
+
+    def channels_of(self, mix: np.ndarray, sources: np.ndarray) -> np.ndarray:
+        """(N,) mix and (M, N) sources -> the (1 + M, N) channels the classifier hears."""
+        derived = sources if self.channels == "sources" else mix[np.newaxis, :] - sources
+        return np.concatenate([mix[np.newaxis, :], derived], axis=0).astype(np.float32)
+
+    def active(self, mix: np.ndarray, sources: np.ndarray) -> np.ndarray:
+        """(1 + M,) bool: which channels to classify (the mix always)."""
+        keep = np.ones(1 + sources.shape[0], bool)
+        if self.gate_rms_ratio > 0:
+            mix_rms = float(np.sqrt(np.mean(np.square(mix, dtype=np.float64))))
+            rms = np.sqrt(np.mean(np.square(sources, dtype=np.float64), axis=1))
+            keep[1:] = rms >= self.gate_rms_ratio * mix_rms
+        return keep
+
+
+PAPER_MAX = CombinationPolicy()  # the paper's rule: max over the mix and the separated sources
 
 
 @dataclass(frozen=True)
@@ -27,12 +122,19 @@ class Combined:
 
 
 def combine_channels(
-    logits: np.ndarray, mode: Mode, mix_only_classes: tuple[int, ...] = ()
+    logits: np.ndarray,
+    mode: Mode,
+    mix_only_classes: tuple[int, ...] = (),
+    policy: CombinationPolicy = PAPER_MAX,
 ) -> Combined:
-    """(K, C) logits with row 0 = mix -> max over the allowed channels, per class.
+    """(K, C) logits with row 0 = mix -> one logit per class, and the channel that won.
 
-    ``mix_only_classes`` (e.g. ``unknown``) always take the mix's logit, as the paper's code does.
-    Ties go to the lowest channel index (the mix before separated channels).
+    ``mix_only``: the mix. ``separated_only``: the max over the separated channels.
+    ``mix_and_separated``: ``max(mix, (1 - w) * mix + w * (best separated + offset))`` with the
+    policy's ``w`` and ``offset`` (the plain max over all channels for :data:`PAPER_MAX`); a
+    separated channel wins where that beats the mix. ``mix_only_classes`` (e.g. ``unknown``)
+    always take the mix's logit, as the paper's code does. Ties go to the lowest channel index
+    (the mix before separated channels).
     """
     if logits.ndim != 2 or logits.shape[0] < 1:
         raise ValueError(f"expected (channels, classes) logits, got shape {logits.shape}")
@@ -47,10 +149,19 @@ def combine_channels(
         allowed = list(range(num_channels))
     else:
         raise ValueError(f"unknown mode {mode!r}")
-    sub = logits[allowed]  # (A, C)
-    best = np.argmax(sub, axis=0)  # first max wins ties
-    winner = np.asarray(allowed)[best]
-    combined = sub[best, np.arange(logits.shape[1])]
+    if mode == "mix_and_separated" and not policy.is_paper_max:
+        cols = np.arange(logits.shape[1])
+        best_sep = 1 + np.argmax(logits[1:], axis=0)  # (C,)
+        sep = logits[best_sep, cols] + policy.offset
+        blended = (1.0 - policy.weight) * logits[0] + policy.weight * sep
+        lifted = blended > logits[0]
+        combined = np.where(lifted, blended, logits[0])
+        winner = np.where(lifted, best_sep, 0)
+    else:
+        sub = logits[allowed]  # (A, C)
+        best = np.argmax(sub, axis=0)  # first max wins ties
+        winner = np.asarray(allowed)[best]
+        combined = sub[best, np.arange(logits.shape[1])]
     if mix_only_classes:
         idx = np.asarray(mix_only_classes)
         combined = combined.copy()

@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from agent.detection.combine import PAPER_MAX, CombinationPolicy
 from agent.errors import BundleError
 
 FORMAT = "chorus-bundle"
@@ -135,10 +136,17 @@ class Manifest:
     min_agent_version: str | None = None
     runtime: Mapping[str, Scalar] = field(default_factory=dict)  # e.g. {"min_litert": "2.3.0"}
     parity_file: str | None = None
+    # How separated channels vote, per classifier backend ("chorus": the bundle's own
+    # classifiers, "birdnet": a BirdNET file); absent = the paper's max (agent.detection.combine).
+    combination: Mapping[str, CombinationPolicy] = field(default_factory=dict)
 
     @property
     def window_s(self) -> float:
         return self.window_samples / self.sample_rate_hz
+
+    def combination_for(self, backend: str) -> CombinationPolicy:
+        """The bundle's combination policy for ``backend`` (the paper's max if it has none)."""
+        return self.combination.get(backend, PAPER_MAX)
 
 
 @dataclass(frozen=True)
@@ -440,6 +448,38 @@ def _classifiers(r: _Reader, sample_rate_hz: int, window_samples: int) -> list[C
     return classifiers
 
 
+COMBINATION_BACKENDS = ("chorus", "birdnet")
+
+
+def _combination(r: _Reader) -> dict[str, CombinationPolicy]:
+    """``combination``: ``{backend: {channels, weight, offset, gate_rms_ratio, calibration}}``."""
+    if r.data.get("combination") is None:
+        return {}
+    c = r.child("combination")
+    out = {}
+    for backend in c.data:
+        if backend not in COMBINATION_BACKENDS:
+            raise c.fail(backend, f"unknown backend (expected {', '.join(COMBINATION_BACKENDS)})")
+        p = c.child(backend)
+        unknown = sorted(
+            set(p.data) - {"channels", "weight", "offset", "gate_rms_ratio", "calibration"}
+        )
+        if unknown:
+            raise p.fail(unknown[0], "unknown key")
+        fields = {
+            "channels": p.get("channels", str, "sources"),
+            "weight": p.get("weight", float, 1.0),
+            "offset": p.get("offset", float, 0.0),
+            "gate_rms_ratio": p.get("gate_rms_ratio", float, 0.0),
+        }
+        problems = CombinationPolicy.problems(CombinationPolicy.unchecked(**fields))
+        if problems:
+            key, _, what = problems[0].partition(": ")
+            raise p.fail(key, what)
+        out[backend] = CombinationPolicy(**fields, calibration=p.get("calibration", dict, {}))
+    return out
+
+
 def _golden(r: _Reader) -> GoldenSpec | None:
     if r.data.get("golden") is None:
         return None
@@ -488,6 +528,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
     golden = _golden(r)
     runtime = r.params("runtime", allow_lists=False)
     parity = r.get("parity", (str, type(None)), None)
+    combination = _combination(r)
 
     # Every file the manifest refers to must be listed (and so covered by the signature).
     referenced = [c.labels_file for c in classifiers]
@@ -523,6 +564,7 @@ def load_bundle(path: str | Path, verify_hashes: bool = True) -> Bundle:
         min_agent_version=min_agent,
         runtime=runtime,
         parity_file=parity,
+        combination=combination,
     )
     return Bundle(root, manifest)
 

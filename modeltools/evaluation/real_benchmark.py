@@ -32,7 +32,12 @@ from pathlib import Path
 import numpy as np
 
 from modeltools.data.audio_io import decode_audio
-from modeltools.data.real_split import EVALUATION_FOLDERS, evaluation_span
+from modeltools.data.real_split import (
+    EVALUATION_FOLDERS,
+    TRAINING_FOLDERS,
+    evaluation_span,
+    training_span,
+)
 from modeltools.evaluation.real import BIRDNET_CSV, read_birdnet
 from modeltools.evaluation.separate_classify import EvaluationError
 
@@ -96,12 +101,27 @@ def _durations(shared: Path) -> dict[str, float]:
         return {row["path"]: float(row["duration_s"]) for row in csv.DictReader(f)}
 
 
-def select_clips(shared: str | Path) -> list[Clip]:
-    """The protocol's clips, in a fixed order (folder, file, time)."""
+SPLITS = ("evaluation", "calibration")
+
+
+def _folders(split: str) -> tuple[str, ...]:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return EVALUATION_FOLDERS if split == "evaluation" else TRAINING_FOLDERS
+
+
+def select_clips(shared: str | Path, split: str = "evaluation") -> list[Clip]:
+    """The protocol's clips, in a fixed order (folder, file, time).
+
+    ``split="evaluation"``: the benchmark (evaluation-only folders). ``"calibration"``: the
+    same recipe on the training-allowed folders, for choosing a combination policy without
+    ever looking at the benchmark. Non-bird classes (BirdNET names them with identical
+    scientific and common names: "Dog", "Engine") make no clip.
+    """
     shared = Path(shared)
     durations = _durations(shared)
     clips: list[Clip] = []
-    for folder in EVALUATION_FOLDERS:
+    for folder in _folders(split):
         best: dict[tuple[str, float], tuple[str, str, float]] = {}
         csv_path = shared / folder / BIRDNET_CSV
         rows = read_birdnet(csv_path) if csv_path.is_file() else []
@@ -113,7 +133,7 @@ def select_clips(shared: str | Path) -> list[Clip]:
                 d.common_name,
                 d.confidence,
             )
-            if conf < CLIP_MIN_CONFIDENCE or not sci:
+            if conf < CLIP_MIN_CONFIDENCE or not sci or sci == common:
                 continue
             key = (file, start)
             if key not in best or conf > best[key][2]:
@@ -141,7 +161,7 @@ def select_clips(shared: str | Path) -> list[Clip]:
                 clips.append(Clip(rel, start, clip_start, sci, common, conf))
     if not clips:
         raise EvaluationError(
-            f"{shared}: no BirdNET chunk >= {CLIP_MIN_CONFIDENCE} in {EVALUATION_FOLDERS}"
+            f"{shared}: no BirdNET chunk >= {CLIP_MIN_CONFIDENCE} in {_folders(split)}"
         )
     return clips
 
@@ -180,9 +200,15 @@ class _Audio:
         out[: piece.shape[0]] = piece
         return out
 
-    def noise_half(self, rel: str) -> np.ndarray:
+    def noise_half(self, rel: str, split: str = "evaluation") -> np.ndarray:
+        """The half of a noise file the split may use: the second for evaluation, the first
+        (the training span) for calibration."""
         x = self.get(rel)
-        a, b = evaluation_span(rel, x.shape[0] / BENCH_RATE_HZ)
+        duration = x.shape[0] / BENCH_RATE_HZ
+        if split == "evaluation":
+            a, b = evaluation_span(rel, duration)
+        else:
+            a, b = training_span(self.shared / rel, duration, [self.shared], what="calibration")
         return x[round(a * BENCH_RATE_HZ) : round(b * BENCH_RATE_HZ)]
 
 
@@ -215,14 +241,17 @@ def _normalised(
     )
 
 
-def build_examples(shared: str | Path, seed: int = 0) -> tuple[list[Clip], list[Example]]:
+def build_examples(
+    shared: str | Path, seed: int = 0, split: str = "evaluation"
+) -> tuple[list[Clip], list[Example]]:
     """The protocol's examples (deterministic for a seed): clip + noise at each SNR, pairs of
     clips of different species, noise alone."""
     shared = Path(shared)
-    clips = select_clips(shared)
+    clips = select_clips(shared, split)
     audio = _Audio(shared)
     rng = np.random.default_rng(seed)
-    halves = {name: audio.noise_half(rel) for name, rel in NOISE_FILES}
+    halves = {name: audio.noise_half(rel, split) for name, rel in NOISE_FILES}
+    half = "2nd half" if split == "evaluation" else "1st half"
     names = [name for name, _ in NOISE_FILES]
     examples: list[Example] = []
     clean = [audio.clip(c) for c in clips]
@@ -240,7 +269,7 @@ def build_examples(shared: str | Path, seed: int = 0) -> tuple[list[Clip], list[
                     [x, noise.astype(np.float32)],
                     [x],
                     (c.scientific_name,),
-                    (f"{c.rel}@{c.start_s:.1f}s", f"{kind} (2nd half)"),
+                    (f"{c.rel}@{c.start_s:.1f}s", f"{kind} ({half})"),
                 )
             )
     for i, c in enumerate(clips):
@@ -270,7 +299,7 @@ def build_examples(shared: str | Path, seed: int = 0) -> tuple[list[Clip], list[
         for k in range(NOISE_ALONE_PER_FILE):
             noise = _noise_segment(halves[name], rng)
             examples.append(
-                _normalised(f"{name}-{k}-noise", "noise", [noise], [], (), (f"{name} (2nd half)",))
+                _normalised(f"{name}-{k}-noise", "noise", [noise], [], (), (f"{name} ({half})",))
             )
     return clips, examples
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.detection.combine import channel_names
 from modeltools.evaluation.separate_classify import EvaluationError
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 MODE_TITLES = {
     "mix_only": "mix only",
     "separated_only": "separation only",
-    "mix_and_separated": "mix + separation (max)",
+    "mix_and_separated": "mix + separation (the bundle's policy, the default)",
+    "paper_max": "mix + separation (max, the paper's rule)",
     "oracle": "oracle: mix + true components (ceiling)",
 }
 CURVE_FLOOR = 0.01  # scores below this are never reported (the "low threshold" of step 4)
@@ -118,8 +120,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     log.info("%d clips, %d examples; reference truth with BirdNET V2.4", len(clips), len(examples))
     rr.reference_truth(examples, model, labels, args.threads)
     models = build_models(config)
-    run = rr.run_product(models, examples, progress=sys.stderr.isatty())
-    report = benchmark_report(run, examples, clips, config.detection.threshold)
+    bank = rr.channel_bank(models, examples, progress=sys.stderr.isatty())
+    report = benchmark_report(bank, examples, clips, config.detection.threshold, models.combination)
     report["bundle"] = {
         "name": models.bundle.manifest.name,
         "version": models.bundle.manifest.version,
@@ -144,18 +146,34 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def benchmark_report(run: Any, examples: list, clips: list, threshold: float) -> dict[str, Any]:
-    """Score every mode of ``run`` (a :class:`~modeltools.evaluation.real_run.ProductRun`)."""
+def benchmark_report(
+    bank: Any, examples: list, clips: list, threshold: float, policy: Any = None
+) -> dict[str, Any]:
+    """Score every mode of ``bank`` (a :class:`~modeltools.evaluation.real_run.ChannelBank`)
+    under the combination ``policy`` (the agent's; default the paper's max), plus the paper's
+    max when the policy differs, and the oracle."""
+    from agent.detection.combine import PAPER_MAX
     from modeltools.evaluation import real_benchmark as rb
     from modeltools.evaluation import real_run as rr
 
-    species = run.species
+    policy = policy or PAPER_MAX
+    species = bank.species
     extra = sorted({s for ex in examples for s in ex.truth} - set(species))
     columns = species + extra  # truth the classifier cannot name still counts (as a miss)
     truth, labelled = rb.truth_matrix(examples, columns)
-    modes = [m for m in rr.PRODUCT_MODES if m == "mix_only" or run.channel_logits[0].shape[0] > 1]
+    modes = [m for m in rr.PRODUCT_MODES if m == "mix_only" or bank.num_sources]
+    if bank.num_sources and not policy.is_paper_max:
+        modes.append(rr.PAPER)
     modes.append(rr.ORACLE)
-    tables = {m: _padded(rr.mode_table(run, m), len(extra)) for m in modes}
+    tables = {
+        m: _padded(
+            rr.mode_table(bank, "mix_and_separated", PAPER_MAX)
+            if m == rr.PAPER
+            else rr.mode_table(bank, m, policy),
+            len(extra),
+        )
+        for m in modes
+    }
     ref = rb.score_mode(tables["mix_only"], examples, truth, labelled, threshold, None, CURVE_FLOOR)
     budget = {k: v["default"]["fp_per_example"] for k, v in ref["conditions"].items()}
     results = {}
@@ -169,7 +187,11 @@ def benchmark_report(run: Any, examples: list, clips: list, threshold: float) ->
             (round(o.threshold, 5), round(o.recall, 4), round(o.fp_per_example, 4))
             for o in rb.curve(tables[m].scores, truth, labelled, CURVE_FLOOR)
         ]
-        res["winners"] = _winner_counts(tables[m], truth, threshold, run.channel_logits[0].shape[0])
+        kind = "sources" if m in (rr.PAPER, rr.ORACLE) else policy.channels
+        names = channel_names(bank.num_sources, kind)
+        if m == rr.ORACLE:
+            names = ["mix"] + [f"true{j}" for j in range(max(len(x.components) for x in examples))]
+        res["winners"] = _winner_counts(tables[m], truth, threshold, names)
         results[m] = res
     counts: dict[str, int] = {}
     for ex in examples:
@@ -177,7 +199,8 @@ def benchmark_report(run: Any, examples: list, clips: list, threshold: float) ->
     return {
         "protocol": "shared/docs/REAL-AUDIO.md",
         "threshold": threshold,
-        "classifier": run.classifier.name,
+        "classifier": bank.classifier.name,
+        "policy": policy.as_dict(),
         "clips": [c.__dict__ for c in clips],
         "examples": counts,
         "labelled_total": int(labelled.sum()),
@@ -198,11 +221,8 @@ def _padded(table: Any, extra: int) -> Any:
     )
 
 
-def _winner_counts(table: Any, truth: np.ndarray, threshold: float, channels: int) -> dict:
+def _winner_counts(table: Any, truth: np.ndarray, threshold: float, names: list[str]) -> dict:
     """Detections at the default threshold per winning channel: true and false."""
-    from agent.detection.combine import channel_names
-
-    names = channel_names(channels - 1) if channels > 1 else ["mix"]
     det = table.scores >= threshold
     out = {}
     for k, name in enumerate(names):

@@ -2,10 +2,11 @@
 
 Each example (5 s at 48 kHz) is resampled to the bundle's rate with the agent's resampler, as
 ``chorus-agent analyze`` does, and becomes one analysis window. The agent's separator and
-classifier stages give the per-channel logits ``(1 + M, C)`` once; every inference mode is then
-the agent's own :func:`agent.detection.combine.combine_channels` of those logits (a mix-only
-run classifies the mix exactly as this does, it only skips the separator). The oracle row
-classifies the mix plus the example's true components instead of the separated channels.
+classifier stages give the logits of every channel a combination policy can ask for (the mix,
+the separated sources, the remixes) once; each inference mode under a policy is then the agent's
+own :func:`agent.detection.combine.combine_channels` of the channels that policy hears, gated as
+the agent gates them (a mix-only run classifies the mix exactly as this does, it only skips the
+separator). The oracle row classifies the mix plus the example's true components instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import numpy as np
 
 from agent.audio.resample import resample
 from agent.config import AgentConfig, parse_config
-from agent.detection.combine import combine_channels, sigmoid
+from agent.detection.combine import (
+    PAPER_MAX,
+    SKIPPED_LOGIT,
+    CombinationPolicy,
+    combine_channels,
+    sigmoid,
+)
 from agent.models.stages import ClassifierStage, LoadedModels
 from modeltools.evaluation.real_benchmark import (
     BENCH_RATE_HZ,
@@ -32,7 +39,9 @@ from modeltools.evaluation.real_benchmark import (
 log = logging.getLogger(__name__)
 
 PRODUCT_MODES = ("mix_only", "separated_only", "mix_and_separated")
+PAPER = "paper_max"  # mix_and_separated under the paper's max, beside the bundle's policy
 ORACLE = "oracle"
+REMIXES = CombinationPolicy(channels="remixes")
 
 
 def agent_config(
@@ -67,13 +76,15 @@ def agent_config(
 
 
 @dataclass
-class ProductRun:
-    """Per-example logits of one classifier: separated channels and the oracle's channels."""
+class ChannelBank:
+    """Per-example logits of one classifier on every channel a policy can ask for: the mix,
+    the separator's M sources and the M remixes (mix - source), plus the oracle's channels."""
 
     classifier: ClassifierStage
-    channel_logits: list[np.ndarray]  # per example (1 + M, C): mix, sep0..sep{M-1}
+    num_sources: int
+    logits: list[np.ndarray]  # per example (1 + 2M, C): mix, sources, remixes
+    source_rms_ratio: list[np.ndarray]  # per example (M,): source RMS / mix RMS
     oracle_logits: list[np.ndarray]  # per example (1 + components, C): mix, true components
-    channel_rms: list[np.ndarray]  # per example (1 + M,): RMS of each channel
 
     @property
     def species(self) -> list[str]:
@@ -81,6 +92,19 @@ class ProductRun:
             (lab.scientific_name or lab.species_code).strip().lower()
             for lab in self.classifier.labels
         ]
+
+    def policy_logits(self, e: int, policy: CombinationPolicy) -> np.ndarray:
+        """(1 + M, C) logits of example ``e`` as the agent computes them under ``policy``:
+        its channels, and the gated ones at SKIPPED_LOGIT."""
+        m = self.num_sources
+        rows = self.logits[e]
+        if m == 0:
+            return rows[:1]
+        first = 1 if policy.channels == "sources" else 1 + m
+        out = np.concatenate([rows[:1], rows[first : first + m]], axis=0).copy()
+        if policy.gate_rms_ratio > 0:
+            out[1:][self.source_rms_ratio[e] < policy.gate_rms_ratio] = SKIPPED_LOGIT
+        return out
 
 
 def to_pipeline_rate(x: np.ndarray, rate_hz: int, window_samples: int) -> np.ndarray:
@@ -91,17 +115,18 @@ def to_pipeline_rate(x: np.ndarray, rate_hz: int, window_samples: int) -> np.nda
     return out
 
 
-def run_product(
+def channel_bank(
     models: LoadedModels, examples: Sequence[Example], progress: bool = True
-) -> ProductRun:
-    """Separate (if the bundle can) and classify every example once."""
+) -> ChannelBank:
+    """Separate (if the bundle can) and classify every channel of every example once."""
     if len(models.classifiers) != 1:
         raise ValueError(
             f"the benchmark scores one classifier, the config has {len(models.classifiers)}"
         )
     clf = models.classifiers[0]
     rate, n = models.sample_rate_hz, models.window_samples
-    chan, oracle, rms = [], [], []
+    m = models.separator.num_sources if models.separator is not None else 0
+    logits, ratios, oracle = [], [], []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -110,29 +135,36 @@ def run_product(
     for ex in examples:
         mix = to_pipeline_rate(ex.audio, rate, n)
         channels = mix[np.newaxis]
+        ratio = np.zeros(0)
         if models.separator is not None:
-            channels = np.concatenate([channels, models.separator.separate(mix)], axis=0)
-        chan.append(clf.classify(channels))
-        rms.append(np.sqrt(np.mean(np.square(channels, dtype=np.float64), axis=1)))
+            sources = models.separator.separate(mix)
+            remixes = REMIXES.channels_of(mix, sources)[1:]
+            channels = np.concatenate([channels, sources, remixes], axis=0)
+            mix_rms = float(np.sqrt(np.mean(np.square(mix, dtype=np.float64)))) or 1.0
+            ratio = np.sqrt(np.mean(np.square(sources, dtype=np.float64), axis=1)) / mix_rms
+        logits.append(clf.classify(channels))
+        ratios.append(ratio)
         comps = [to_pipeline_rate(c, rate, n) for c in ex.components]
-        oracle.append(clf.classify(np.stack([mix, *comps])) if len(comps) > 1 else chan[-1][:1])
+        oracle.append(clf.classify(np.stack([mix, *comps])) if len(comps) > 1 else logits[-1][:1])
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return ProductRun(clf, chan, oracle, rms)
+    return ChannelBank(clf, m, logits, ratios, oracle)
 
 
-def mode_table(run: ProductRun, mode: str) -> ScoreTable:
-    """One mode's confidences from the run: the agent's channel combination of each example."""
-    rows = run.oracle_logits if mode == ORACLE else run.channel_logits
-    product_mode = "mix_and_separated" if mode == ORACLE else mode
+def mode_table(bank: ChannelBank, mode: str, policy: CombinationPolicy = PAPER_MAX) -> ScoreTable:
+    """One mode's confidences: the agent's channel combination of each example under
+    ``policy`` (the oracle: the mix and the true components, the paper's max)."""
     scores, winners = [], []
-    for logits in rows:
-        if product_mode != "mix_only" and logits.shape[0] < 2:
-            c = combine_channels(logits, "mix_only", run.classifier.mix_only_indices)
+    for e in range(len(bank.logits)):
+        if mode == ORACLE:
+            logits, product_mode, pol = bank.oracle_logits[e], "mix_and_separated", PAPER_MAX
         else:
-            c = combine_channels(logits, product_mode, run.classifier.mix_only_indices)  # type: ignore[arg-type]
+            logits, product_mode, pol = bank.policy_logits(e, policy), mode, policy
+        if logits.shape[0] < 2:
+            product_mode = "mix_only"
+        c = combine_channels(logits, product_mode, bank.classifier.mix_only_indices, pol)  # type: ignore[arg-type]
         scores.append(sigmoid(c.logits).astype(np.float32))
         winners.append(c.winner)
     return ScoreTable(mode, np.stack(scores), np.stack(winners))

@@ -43,7 +43,7 @@ def _write(root: Path, rel: str, x: np.ndarray, rows: list[dict]) -> None:
     )
 
 
-def fake_shared(root: Path) -> list[tuple[str, float, str]]:
+def fake_shared(root: Path) -> list[tuple[str, float, str, str]]:
     """Recordings with one demo call each at 3 s (the chunk 3-6 s), noise files, MANIFEST."""
     from modeltools.evaluation.real_benchmark import NOISE_FILES
 
@@ -57,20 +57,22 @@ def fake_shared(root: Path) -> list[tuple[str, float, str]]:
         x[3 * RATE + RATE // 2 : 3 * RATE + RATE // 2 + call.shape[0]] += call
         rel = f"{folder}/rec{k}.wav"
         _write(root, rel, x, manifest)
-        chunks.append((rel, 3.0, sp.label.scientific_name))
+        chunks.append((rel, 3.0, sp.label.scientific_name, sp.label.common_name))
     for _, rel in NOISE_FILES:
         # named like the real files (.mp3/.flac); libsndfile reads the WAV by its header
         _write(root, rel, pink_noise(12 * RATE, -30.0, rng), manifest)
-    by_folder: dict[str, list[tuple[str, float, str]]] = {}
-    for rel, start, sci in chunks:
-        by_folder.setdefault(rel.split("/")[0], []).append((rel, start, sci))
+    by_folder: dict[str, list[tuple[str, float, str, str]]] = {}
+    for chunk in chunks:
+        by_folder.setdefault(chunk[0].split("/")[0], []).append(chunk)
     for folder, rows in by_folder.items():
         with (root / folder / "birdnet-v2.4_detections.csv").open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["file", "start_s", "end_s", "scientific_name", "common_name", "confidence"])
-            for rel, start, sci in rows:
-                w.writerow([rel.split("/", 1)[1], start, start + 3, sci, sci, 0.95])
-                w.writerow([rel.split("/", 1)[1], 0.0, 3.0, sci, sci, 0.5])  # below 0.8: no clip
+            for rel, start, sci, common in rows:
+                name = rel.split("/", 1)[1]
+                w.writerow([name, start, start + 3, sci, common, 0.95])
+                w.writerow([name, 0.0, 3.0, sci, common, 0.5])  # below 0.8: no clip
+                w.writerow([name, 6.0, 9.0, "Engine", "Engine", 0.99])  # not a bird: no clip
     with (root / "MANIFEST.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, ["path", "duration_s", "sha256"])
         w.writeheader()
@@ -106,7 +108,7 @@ def test_examples_follow_the_protocol(benchmark: tuple[Path, dict, list]) -> Non
         "noise": 14,
     }
     # each clip: 5 s starting 1 s before its >= 0.8 chunk; the 0.5 rows make no clip
-    assert [(c["rel"], c["start_s"]) for c in report["clips"]] == [(r, 2.0) for r, _, _ in chunks]
+    assert [(c["rel"], c["start_s"]) for c in report["clips"]] == [(c[0], 2.0) for c in chunks]
     assert report["labelled_total"] == 4 * n + 2 * n  # one species per noisy clip, two per pair
 
 
@@ -131,11 +133,20 @@ def test_every_mode_and_the_oracle_are_scored_within_their_budget(
     assert (tmp / "out" / "recall_vs_fp.png").stat().st_size > 10_000
 
 
-def test_scores_are_the_agents_own_on_the_same_window(benchmark: tuple[Path, dict, list]) -> None:
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {},  # the paper's max
+        {"channels": "remixes", "weight": 0.5, "offset": -0.5, "gate_rms_ratio": 0.2},
+    ],
+)
+def test_scores_are_the_agents_own_on_the_same_window(
+    benchmark: tuple[Path, dict, list], policy: dict
+) -> None:
     """The benchmark's mix + separation score of an example is what the agent's Inference
-    computes on that window (same config, bundle, stages, combination)."""
+    computes on that window (same config, bundle, stages, combination policy and gate)."""
     from agent.app import build_models
-    from agent.detection.combine import sigmoid
+    from agent.detection.combine import CombinationPolicy, sigmoid
     from agent.pipeline import Inference, PipelineStats
     from agent.windowing import Window
     from modeltools.evaluation import real_benchmark as rb
@@ -146,20 +157,22 @@ def test_scores_are_the_agents_own_on_the_same_window(benchmark: tuple[Path, dic
     model = bn / "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
     labels = bn / "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
     _, examples = rb.build_examples(tmp / "shared")
-    examples = examples[:3]
+    examples = examples[:3] + examples[-3:]  # noisy clips and noise alone
     config = rr.agent_config("birdnet", DEMO_BUNDLE, model, labels)
     models = build_models(config)
-    run = rr.run_product(models, examples, progress=False)
-    table = rr.mode_table(run, "mix_and_separated")
+    models.combination = CombinationPolicy(**policy)
+    bank = rr.channel_bank(models, examples, progress=False)
+    table = rr.mode_table(bank, "mix_and_separated", models.combination)
     inference = Inference(models, "mix_and_separated", PipelineStats())
+    start = datetime(2026, 5, 1, tzinfo=UTC)
     for e, ex in enumerate(examples):
         x = rr.to_pipeline_rate(ex.audio, models.sample_rate_hz, models.window_samples)
-        window = Window(
-            0, x, 0, x.shape[0], models.sample_rate_hz, datetime(2026, 5, 1, tzinfo=UTC)
-        )
-        _, combined = inference.run(window).scores[0]
+        result = inference.run(Window(0, x, 0, x.shape[0], models.sample_rate_hz, start))
+        _, combined = result.scores[0]
         np.testing.assert_allclose(table.scores[e], sigmoid(combined.logits), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(table.winners[e], combined.winner)
+    if policy:
+        assert inference.channel_names[1] == "mix-sep0"
 
 
 def test_missing_birdnet_files_and_shared_data_are_one_clear_error(

@@ -377,3 +377,40 @@ def test_input_peak_scales_the_window_and_keeps_the_mixture(demo_separators: Any
     assert np.max(np.abs(y.sum(axis=0) - x)) < 1e-5 * 1e-3
     np.testing.assert_allclose(y, plain.separate(x), rtol=0, atol=1e-5 * 1e-3)
     assert np.max(np.abs(y)) > 1e-5  # not a trivially zero output
+
+
+def test_combination_policy_per_backend_is_read(tmp_path: Path) -> None:
+    from agent.detection.combine import PAPER_MAX
+
+    root = _bundle(tmp_path)
+    policy = {"channels": "remixes", "weight": 0.6, "offset": -1, "gate_rms_ratio": 0.05}
+    _edit(root, lambda d: d.update(combination={"birdnet": {**policy, "calibration": {"n": 3}}}))
+    m = load_bundle(root).manifest
+    got = m.combination_for("birdnet")
+    assert (got.channels, got.weight, got.offset, got.gate_rms_ratio) == (
+        "remixes",
+        0.6,
+        -1.0,
+        0.05,
+    )
+    assert got.calibration == {"n": 3}
+    assert m.combination_for("chorus") == PAPER_MAX  # no policy for this backend: the max
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"birdnet": {"channels": "pairs"}}, r"combination\.birdnet\.channels: expected one of"),
+        ({"birdnet": {"weight": 0}}, r"combination\.birdnet\.weight: must be in \(0, 1\]"),
+        ({"birdnet": {"weight": "0.5"}}, r"combination\.birdnet\.weight: expected float"),
+        ({"birdnet": {"offset": 25.0}}, r"combination\.birdnet\.offset: must be within"),
+        ({"birdnet": {"gate_rms_ratio": 1.0}}, r"gate_rms_ratio: must be in \[0, 1\)"),
+        ({"birdnet": {"gain": 1.0}}, r"combination\.birdnet\.gain: unknown key"),
+        ({"perch": {}}, r"combination\.perch: unknown backend"),
+        ({"birdnet": []}, r"combination\.birdnet: expected dict"),
+    ],
+)
+def test_bad_combination_policy_is_refused(tmp_path: Path, policy: Any, message: str) -> None:
+    root = _bundle(tmp_path)
+    _edit(root, lambda d: d.update(combination=policy))
+    _refused(root, message)
