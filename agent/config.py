@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -391,8 +391,13 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_config(data: Any, source: str = "config") -> AgentConfig:
-    """Validate a mapping (already parsed YAML); raise ConfigError with every problem."""
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def validate_mapping(model: type[_M], data: Any, source: str) -> _M:
+    """Validate a mapping (already parsed YAML) as ``model``; raise ConfigError with every
+    problem, one line each with its YAML path (shared by the agent's and the collector's
+    config files)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -400,9 +405,14 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
             [f"(top level): expected a mapping of keys, got {type(data).__name__}"], source
         )
     try:
-        return AgentConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc), source) from None
+
+
+def parse_config(data: Any, source: str = "config") -> AgentConfig:
+    """Validate a mapping (already parsed YAML); raise ConfigError with every problem."""
+    return validate_mapping(AgentConfig, data, source)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -425,8 +435,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_config(path: str | Path) -> AgentConfig:
-    """Read and validate a YAML file. Raises ConfigError (never a traceback for user mistakes)."""
+def read_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a config file (a key given twice is an error); ConfigError with one
+    line naming the file if it cannot be read or parsed."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -435,13 +446,17 @@ def load_config(path: str | Path) -> AgentConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"cannot read: {exc}"], str(p)) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}invalid YAML: {problem}"], str(p)) from None
-    return parse_config(data, str(p))
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate a YAML file. Raises ConfigError (never a traceback for user mistakes)."""
+    return parse_config(read_yaml(path), str(path))
 
 
 def to_yaml(config: AgentConfig) -> str:

@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from agent.config import (
     BackoffConfig,
     MqttTlsConfig,
     PositiveFloat,
     _check_topic_prefix,
-    _format_errors,
     _Section,
+    read_yaml,
+    validate_mapping,
 )
-from agent.errors import ConfigError
 
 
 class _CollectorSection(_Section):
@@ -116,39 +116,14 @@ def apply_overrides(data: Any, overrides: dict[str, Any]) -> Any:
 
 def parse_collector_config(data: Any, source: str = "collector config") -> CollectorFileConfig:
     """Validate a mapping (already parsed YAML); raise ConfigError with every problem."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [f"(top level): expected a mapping of keys, got {type(data).__name__}"], source
-        )
-    try:
-        return CollectorFileConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc), source) from None
-
-
-def read_collector_yaml(path: str | Path) -> Any:
-    """The parsed YAML of a config file; ConfigError (one line) if it cannot be read."""
-    p = Path(path)
-    try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(["file not found"], str(p)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"cannot read: {exc}"], str(p)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}invalid YAML: {problem}"], str(p)) from None
+    return validate_mapping(CollectorFileConfig, data, source)
 
 
 def load_collector_config(
     path: str | Path | None, overrides: dict[str, Any] | None = None
 ) -> CollectorFileConfig:
     """The file at ``path`` (None: the defaults) with ``overrides`` applied, validated."""
-    data = read_collector_yaml(path) if path is not None else {}
+    data = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "command line"
     return parse_collector_config(apply_overrides(data, overrides or {}), source)
 

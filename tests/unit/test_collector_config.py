@@ -118,3 +118,12 @@ def test_check_config_cli(tmp_path: Path) -> None:
     assert missing.stderr.splitlines() == [
         f"chorus-collector: error: {tmp_path / 'nope.yaml'}: file not found"
     ]
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "collector.yaml"
+    path.write_text("mqtt:\n  port: 1883\n  port: 1884\n")
+    with pytest.raises(
+        ConfigError, match=r"duplicate key 'port' \(first on line 2, again on line 3\)"
+    ):
+        load_collector_config(path)
