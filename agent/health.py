@@ -137,9 +137,15 @@ def build_status(
             "oldest_age_s": None if outbox.oldest_age_s is None else round(outbox.oldest_age_s, 1),
             "inflight": forwarder.inflight,
             "pruned_total": outbox.pruned_total,
+            "pruned_disk": outbox.pruned_disk,
             "delivered": forwarder.acked,
         },
         "mqtt": {"connects": mqtt.connects, "connect_failures": mqtt.connect_failures},
-        "disk": {"path": str(state_dir), "free_bytes": disk_free_bytes(state_dir)},
+        "disk": {
+            "path": str(state_dir),
+            "free_bytes": disk_free_bytes(state_dir),
+            "below_floor": outbox.below_floor,
+            "reserve_held": outbox.reserve_held,
+        },
         "system": system_metrics(),
     }

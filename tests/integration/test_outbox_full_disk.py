@@ -23,6 +23,7 @@ import pytest
 from mqtt_helpers import make_detection, wait_until
 
 from agent.config import parse_config
+from agent.schemas import validator
 from agent.sinks.mqtt_output import MqttOutput
 
 if TYPE_CHECKING:
@@ -136,7 +137,11 @@ def test_full_disk_prunes_oldest_first_loses_nothing_else_and_recovers(
     assert out.outbox.ids() == kept  # oldest first: the newest detections are the ones kept
     free = free_bytes(small_fs)
     assert free > FLOOR_BYTES // 2  # the disk never filled
-    assert out.status_payload()["outbox"]["pruned_total"] == stats.pruned_total
+    status = out.status_payload()  # the heartbeat reports the floor and what it pruned
+    assert status["outbox"]["pruned_total"] == stats.pruned_total
+    assert status["outbox"]["pruned_disk"] == stats.pruned_disk
+    assert status["disk"]["below_floor"] is True and status["disk"]["reserve_held"] is True
+    validator("status").validate(status)
     floor_warnings = [r for r in caplog.records if "below outbox_min_free_bytes" in r.message]
     assert len(floor_warnings) == 1
     out.close()
