@@ -50,7 +50,7 @@ _UNTARGETED = {
     "chorus.cmd.update/2": UPDATE_SCHEMA,
     "chorus.cmd.rollback/2": ROLLBACK_SCHEMA,
 }
-REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # always fullmatch: "$" passes a final "\n"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_CHUNK_BYTES = 256 * 1024
 
@@ -244,7 +244,7 @@ def check_addressed(
 
 def _request_id(f: _Fields) -> str:
     rid = f.get("request_id", str)
-    if not REQUEST_ID.match(rid):
+    if not REQUEST_ID.fullmatch(rid):
         raise AnnouncementError(f"request_id: must match {REQUEST_ID.pattern}, got {rid!r}")
     return str(rid)
 
@@ -330,6 +330,6 @@ def parse_chunk_topic(update_topic: str, topic: str) -> tuple[str, int] | None:
     if not topic.startswith(head):
         return None
     parts = topic[len(head) :].split("/")
-    if len(parts) != 2 or not REQUEST_ID.match(parts[0]) or not parts[1].isdigit():
+    if len(parts) != 2 or not REQUEST_ID.fullmatch(parts[0]) or not parts[1].isdigit():
         return None
     return parts[0], int(parts[1])

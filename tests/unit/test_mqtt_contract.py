@@ -188,10 +188,12 @@ def test_status_payload_matches_its_schema_and_carries_the_health_counters() -> 
         "oldest_age_s": 12.3,
         "inflight": 2,
         "pruned_total": 5,
+        "pruned_disk": 0,
         "delivered": 7,
     }
     assert status["mqtt"] == {"connects": 2, "connect_failures": 4}
     assert status["disk"]["free_bytes"] > 0
+    assert status["disk"]["below_floor"] is False and status["disk"]["reserve_held"] is True
     # Before the pipeline ran: no model, zero counters, still valid.
     early = status_payload(pipeline=None, bundle=None, source_name=None, source_stats=None)
     assert errors("status", early) == []

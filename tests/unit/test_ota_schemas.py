@@ -187,6 +187,7 @@ UPDATE_REFUSED: list[tuple[str, Change, str]] = [
     ("issued missing", lambda d: d.pop("issued_utc"), "'issued_utc' is a required property"),
     ("issued", lambda d: d.update(issued_utc="yesterday"), "is not a 'date-time'"),
     ("request_id", lambda d: d.update(request_id="a/b"), "does not match"),
+    ("request_id trailing nl", lambda d: d.update(request_id="r-1\n"), "should not be valid"),
     ("version", lambda d: d["bundle"].update(version="latest"), "does not match"),
     ("sha256", lambda d: d["bundle"].update(sha256="AB" * 32), "does not match"),
     ("size 0", lambda d: d["bundle"].update(size_bytes=0), "less than the minimum"),
