@@ -16,6 +16,9 @@ separator's outputs. A policy can instead
 * give the separated channels a partial say: ``max(mix, (1 - w) * mix + w * (best + offset))``
   (``w = 1``, ``offset = 0`` is the plain max), so a separated channel lifts a score the mix
   already half supports more than it invents one;
+* ask for support: a separated channel only lifts a species the mix already gives some score
+  (``min_mix_logit``), so it sharpens what the mix half hears instead of naming birds from
+  separation artifacts alone;
 * gate: a channel whose source is near-silent (RMS below ``gate_rms_ratio`` of the mix's) is not
   classified at all (it cannot hold a bird the mix lacks, and costs a classifier run).
 """
@@ -51,6 +54,9 @@ class CombinationPolicy:
     weight: float = 1.0  # say of the best separated channel, (0, 1]
     offset: float = 0.0  # logit offset added to separated channels
     gate_rms_ratio: float = 0.0  # skip channels whose source RMS < this x the mix's RMS
+    # A separated channel may only lift a class the mix already gives at least this logit
+    # (None: any class); the mix keeps the rest.
+    min_mix_logit: float | None = None
     calibration: Mapping[str, Any] = field(default_factory=dict, compare=False)  # provenance
 
     def __post_init__(self) -> None:
@@ -80,11 +86,19 @@ class CombinationPolicy:
             out.append(f"offset: must be within +-20 logits, got {self.offset}")
         if not (isinstance(self.gate_rms_ratio, int | float) and 0.0 <= self.gate_rms_ratio < 1.0):
             out.append(f"gate_rms_ratio: must be in [0, 1), got {self.gate_rms_ratio!r}")
+        m = self.min_mix_logit
+        if m is not None and not (isinstance(m, int | float) and math.isfinite(m) and abs(m) <= 20):
+            out.append(f"min_mix_logit: must be null or a number within +-20 logits, got {m!r}")
         return out
 
     @property
     def is_paper_max(self) -> bool:
-        return self.channels == "sources" and self.weight == 1.0 and self.offset == 0.0
+        return (
+            self.channels == "sources"
+            and self.weight == 1.0
+            and self.offset == 0.0
+            and self.min_mix_logit is None
+        )
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -92,6 +106,7 @@ class CombinationPolicy:
             "weight": self.weight,
             "offset": self.offset,
             "gate_rms_ratio": self.gate_rms_ratio,
+            "min_mix_logit": self.min_mix_logit,
         }
         if self.calibration:
             out["calibration"] = dict(self.calibration)
@@ -131,10 +146,10 @@ def combine_channels(
 
     ``mix_only``: the mix. ``separated_only``: the max over the separated channels.
     ``mix_and_separated``: ``max(mix, (1 - w) * mix + w * (best separated + offset))`` with the
-    policy's ``w`` and ``offset`` (the plain max over all channels for :data:`PAPER_MAX`); a
-    separated channel wins where that beats the mix. ``mix_only_classes`` (e.g. ``unknown``)
-    always take the mix's logit, as the paper's code does. Ties go to the lowest channel index
-    (the mix before separated channels).
+    policy's ``w`` and ``offset`` (the plain max over all channels for :data:`PAPER_MAX`), lifted
+    only where the mix's logit is >= ``min_mix_logit``; a separated channel wins where it lifts.
+    ``mix_only_classes`` (e.g. ``unknown``) always take the mix's logit, as the paper's code
+    does. Ties go to the lowest channel index (the mix before separated channels).
     """
     if logits.ndim != 2 or logits.shape[0] < 1:
         raise ValueError(f"expected (channels, classes) logits, got shape {logits.shape}")
@@ -155,6 +170,8 @@ def combine_channels(
         sep = logits[best_sep, cols] + policy.offset
         blended = (1.0 - policy.weight) * logits[0] + policy.weight * sep
         lifted = blended > logits[0]
+        if policy.min_mix_logit is not None:
+            lifted &= logits[0] >= policy.min_mix_logit
         combined = np.where(lifted, blended, logits[0])
         winner = np.where(lifted, best_sep, 0)
     else:

@@ -461,9 +461,8 @@ def _combination(r: _Reader) -> dict[str, CombinationPolicy]:
         if backend not in COMBINATION_BACKENDS:
             raise c.fail(backend, f"unknown backend (expected {', '.join(COMBINATION_BACKENDS)})")
         p = c.child(backend)
-        unknown = sorted(
-            set(p.data) - {"channels", "weight", "offset", "gate_rms_ratio", "calibration"}
-        )
+        known = {"channels", "weight", "offset", "gate_rms_ratio", "min_mix_logit", "calibration"}
+        unknown = sorted(set(p.data) - known)
         if unknown:
             raise p.fail(unknown[0], "unknown key")
         fields = {
@@ -471,8 +470,9 @@ def _combination(r: _Reader) -> dict[str, CombinationPolicy]:
             "weight": p.get("weight", float, 1.0),
             "offset": p.get("offset", float, 0.0),
             "gate_rms_ratio": p.get("gate_rms_ratio", float, 0.0),
+            "min_mix_logit": p.get("min_mix_logit", (float, type(None)), None),
         }
-        problems = CombinationPolicy.problems(CombinationPolicy.unchecked(**fields))
+        problems = CombinationPolicy.unchecked(**fields).problems()
         if problems:
             key, _, what = problems[0].partition(": ")
             raise p.fail(key, what)

@@ -11,7 +11,8 @@ folders that ``benchmark-separation`` scores are never read.
 Every policy of a small grid is scored as the benchmark scores a mode: recall of the labelled
 species at *matched false alarms* (false positives per example <= mix-only's at the default
 threshold). The winner must also keep false positives at the default threshold within 1.5x
-mix-only's; ties go to the simpler policy (the paper's max first). It is written into the
+mix-only's; of equals, the one with fewer false positives at the default threshold wins (then
+the simpler: the paper's max first). It is written into the
 bundle's manifest under ``combination.<backend>`` with what it was chosen on, and the agent
 applies it by default (``inference.combination: bundle``).
 
@@ -39,15 +40,20 @@ log = logging.getLogger(__name__)
 GRID_CHANNELS = ("sources", "remixes")
 GRID_WEIGHTS = (1.0, 0.75, 0.5, 0.25)
 GRID_OFFSETS = (0.0, -0.5, -1.0, -2.0)
-GRID_GATES = (0.0, 0.02, 0.05, 0.1)
+GRID_GATES = (0.0, 0.05)
+GRID_SUPPORT = (None, -4.0, -2.0, -1.0)  # min_mix_logit
 MAX_FP_RATIO = 1.5  # false positives at the default threshold, relative to mix-only
 
 
 def grid() -> list[CombinationPolicy]:
     """The candidate policies, simplest first (the paper's max is the first)."""
     out = [PAPER_MAX]
-    for ch, w, off, g in itertools.product(GRID_CHANNELS, GRID_WEIGHTS, GRID_OFFSETS, GRID_GATES):
-        p = CombinationPolicy(channels=ch, weight=w, offset=off, gate_rms_ratio=g)
+    for ch, sup, w, off, g in itertools.product(
+        GRID_CHANNELS, GRID_SUPPORT, GRID_WEIGHTS, GRID_OFFSETS, GRID_GATES
+    ):
+        p = CombinationPolicy(
+            channels=ch, weight=w, offset=off, gate_rms_ratio=g, min_mix_logit=sup
+        )
         if p != PAPER_MAX:
             out.append(p)
     return out
@@ -114,11 +120,15 @@ def _figures(res: dict[str, Any]) -> dict[str, Any]:
 
 def choose(rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(mix-only row, winning row)``: the best recall at matched false alarms among policies
-    within the false-positive bound; the earliest (simplest) of equals."""
+    within the false-positive bound; of equals, the one with the fewest false positives at the
+    default threshold (precision first), then the earliest (simplest) in the grid."""
     mix, candidates = rows[0], rows[1:]
     bound = MAX_FP_RATIO * mix["fp_default"] + 1e-9
     ok = [r for r in candidates if r["fp_default"] <= bound] or candidates[:1]
-    best = max(ok, key=lambda r: (round(r["recall_matched"], 6), -ok.index(r)))
+    best = max(
+        ok,
+        key=lambda r: (round(r["recall_matched"], 6), -round(r["fp_default"], 6), -ok.index(r)),
+    )
     return mix, best
 
 

@@ -37,6 +37,7 @@ MODE_TITLES = {
     "oracle": "oracle: mix + true components (ceiling)",
 }
 CURVE_FLOOR = 0.01  # scores below this are never reported (the "low threshold" of step 4)
+ENERGY_GATES = (0.02, 0.05, 0.1, 0.2, 0.5)  # a source "carries energy" above this x mix RMS
 
 
 def add_benchmark(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -196,8 +197,15 @@ def benchmark_report(
     counts: dict[str, int] = {}
     for ex in examples:
         counts[ex.condition] = counts.get(ex.condition, 0) + 1
+    energy = {}
+    if bank.num_sources:
+        ratios = np.stack(bank.source_rms_ratio)  # (E, M)
+        energy = {
+            f"{g:g}": round(float(np.mean(np.sum(ratios >= g, axis=1))), 2) for g in ENERGY_GATES
+        }
     return {
         "protocol": "shared/docs/REAL-AUDIO.md",
+        "channels_with_energy": energy,
         "threshold": threshold,
         "classifier": bank.classifier.name,
         "policy": policy.as_dict(),
@@ -312,6 +320,22 @@ def markdown(report: dict[str, Any], png: str | None) -> str:
     for m, res in report["modes"].items():
         w = ", ".join(f"{k} {v['true']}/{v['false']}" for k, v in res["winners"].items())
         out.append(f"- {MODE_TITLES.get(m, m)}: {w or 'none'}")
+    if report.get("channels_with_energy"):
+        e = report["channels_with_energy"]
+        out += [
+            "",
+            "Over-separation: separated channels per example whose RMS is at least a fraction "
+            "of the mix's — " + ", ".join(f">= {k}: {v}" for k, v in e.items()) + ".",
+        ]
+    pol = report.get("policy")
+    if pol:
+        shown = json.dumps({k: v for k, v in pol.items() if k != "calibration"})
+        where = pol.get("calibration", {}).get("audio")
+        out += [
+            "",
+            f"The bundle's combination policy for this backend: `{shown}`"
+            + (f" (calibrated on {where})." if where else " (no calibration recorded)."),
+        ]
     if "momi" in report:
         mo = report["momi"]
         out += [

@@ -137,7 +137,13 @@ def test_every_mode_and_the_oracle_are_scored_within_their_budget(
     "policy",
     [
         {},  # the paper's max
-        {"channels": "remixes", "weight": 0.5, "offset": -0.5, "gate_rms_ratio": 0.2},
+        {
+            "channels": "remixes",
+            "weight": 0.5,
+            "offset": -0.5,
+            "gate_rms_ratio": 0.2,
+            "min_mix_logit": -3,
+        },
     ],
 )
 def test_scores_are_the_agents_own_on_the_same_window(

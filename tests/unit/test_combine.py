@@ -94,3 +94,17 @@ def test_remix_channels_and_the_gate() -> None:
     assert channel_names(3, "remixes") == ["mix", "mix-sep0", "mix-sep1", "mix-sep2"]
     with pytest.raises(ValueError, match="weight: must be in"):
         CombinationPolicy(weight=1.5)
+
+
+def test_support_lets_separated_channels_lift_only_what_the_mix_half_hears() -> None:
+    from agent.detection.combine import CombinationPolicy
+
+    # class 0: mix -6, a separated channel 3 (a bird only the separator "hears"): kept at -6;
+    # class 1: mix -1, separated 3: lifted to 3 (won by channel 1)
+    logits = np.array([[-6.0, -1.0], [3.0, 3.0]], np.float32)
+    c = combine_channels(logits, "mix_and_separated", policy=CombinationPolicy(min_mix_logit=-2))
+    np.testing.assert_allclose(c.logits, [-6.0, 3.0])
+    np.testing.assert_array_equal(c.winner, [0, 1])
+    assert not CombinationPolicy(min_mix_logit=-2).is_paper_max
+    with pytest.raises(ValueError, match="min_mix_logit"):
+        CombinationPolicy(min_mix_logit=float("nan"))

@@ -384,6 +384,7 @@ def test_combination_policy_per_backend_is_read(tmp_path: Path) -> None:
 
     root = _bundle(tmp_path)
     policy = {"channels": "remixes", "weight": 0.6, "offset": -1, "gate_rms_ratio": 0.05}
+    policy["min_mix_logit"] = -2
     _edit(root, lambda d: d.update(combination={"birdnet": {**policy, "calibration": {"n": 3}}}))
     m = load_bundle(root).manifest
     got = m.combination_for("birdnet")
@@ -393,7 +394,7 @@ def test_combination_policy_per_backend_is_read(tmp_path: Path) -> None:
         -1.0,
         0.05,
     )
-    assert got.calibration == {"n": 3}
+    assert got.min_mix_logit == -2.0 and got.calibration == {"n": 3}
     assert m.combination_for("chorus") == PAPER_MAX  # no policy for this backend: the max
 
 
@@ -406,6 +407,7 @@ def test_combination_policy_per_backend_is_read(tmp_path: Path) -> None:
         ({"birdnet": {"offset": 25.0}}, r"combination\.birdnet\.offset: must be within"),
         ({"birdnet": {"gate_rms_ratio": 1.0}}, r"gate_rms_ratio: must be in \[0, 1\)"),
         ({"birdnet": {"gain": 1.0}}, r"combination\.birdnet\.gain: unknown key"),
+        ({"birdnet": {"min_mix_logit": 30}}, r"combination\.birdnet\.min_mix_logit: must be null"),
         ({"perch": {}}, r"combination\.perch: unknown backend"),
         ({"birdnet": []}, r"combination\.birdnet: expected dict"),
     ],

@@ -49,3 +49,21 @@ def test_matched_threshold_is_the_lowest_within_the_false_alarm_budget() -> None
 def test_matched_threshold_never_goes_below_the_floor() -> None:
     op = matched_threshold(SCORES, TRUTH, TRUTH, 10.0, floor=0.25)
     assert op.threshold == pytest.approx(0.3)
+
+
+def test_calibration_picks_recall_at_matched_false_alarms_then_precision() -> None:
+    from agent.detection.combine import PAPER_MAX
+    from modeltools.evaluation.calibrate import choose, grid
+
+    policies = grid()
+    assert policies[0] == PAPER_MAX and len(set(policies)) == len(policies)
+    row = lambda r, fp, name: {"policy": name, "recall_matched": r, "fp_default": fp}  # noqa: E731
+    mix = row(0.30, 0.20, "mix_only")
+    rows = [
+        mix,
+        row(0.40, 0.31, "too many false positives"),  # > 1.5 x 0.20
+        row(0.35, 0.28, "more false positives"),
+        row(0.35, 0.22, "fewer false positives"),
+        row(0.33, 0.10, "lower recall"),
+    ]
+    assert choose(rows) == (mix, rows[3])
