@@ -184,10 +184,7 @@ def benchmark_report(
             if m == "mix_only"
             else rb.score_mode(tables[m], examples, truth, labelled, threshold, budget, CURVE_FLOOR)
         )
-        res["curve"] = [
-            (round(o.threshold, 5), round(o.recall, 4), round(o.fp_per_example, 4))
-            for o in rb.curve(tables[m].scores, truth, labelled, CURVE_FLOOR)
-        ]
+        res["curve"] = _vertices(rb.curve(tables[m].scores, truth, labelled, CURVE_FLOOR))
         kind = "sources" if m in (rr.PAPER, rr.ORACLE) else policy.channels
         names = channel_names(bank.num_sources, kind)
         if m == rr.ORACLE:
@@ -214,6 +211,17 @@ def benchmark_report(
         "labelled_total": int(labelled.sum()),
         "modes": results,
     }
+
+
+def _vertices(points: list) -> list[tuple[float, float, float]]:
+    """``(threshold, recall, FP per example)`` where the step curve turns: the highest threshold
+    (fewest false positives) of each recall level, thresholds descending, plus the last point,
+    so the JSON stays small."""
+    out: list[tuple[float, float, float]] = []
+    for i, o in enumerate(points):
+        if i == 0 or o.recall != points[i - 1].recall or i == len(points) - 1:
+            out.append((round(o.threshold, 5), round(o.recall, 4), round(o.fp_per_example, 4)))
+    return out
 
 
 def _padded(table: Any, extra: int) -> Any:
