@@ -60,33 +60,34 @@ class CombinationPolicy:
     calibration: Mapping[str, Any] = field(default_factory=dict, compare=False)  # provenance
 
     def __post_init__(self) -> None:
-        problems = self.problems()
+        problems = self.problems_of(
+            self.channels, self.weight, self.offset, self.gate_rms_ratio, self.min_mix_logit
+        )
         if problems:
             raise ValueError("; ".join(problems))
 
-    @classmethod
-    def unchecked(cls, **fields: Any) -> CombinationPolicy:
-        """A policy built without validation, to ask :meth:`problems` about untrusted input."""
-        obj = object.__new__(cls)
-        for name, value in {"calibration": {}, **fields}.items():
-            object.__setattr__(obj, name, value)
-        return obj
-
-    def problems(self) -> list[str]:
+    @staticmethod
+    def problems_of(
+        channels: Any = "sources",
+        weight: Any = 1.0,
+        offset: Any = 0.0,
+        gate_rms_ratio: Any = 0.0,
+        min_mix_logit: Any = None,
+    ) -> list[str]:
+        """What is wrong with these fields (``key: what`` each; empty if nothing), so untrusted
+        input (a manifest) can be checked before a policy is built from it."""
         out = []
-        if self.channels not in CHANNEL_KINDS:
-            out.append(
-                f"channels: expected one of {', '.join(CHANNEL_KINDS)}, got {self.channels!r}"
-            )
-        if not (isinstance(self.weight, int | float) and 0.0 < self.weight <= 1.0):
-            out.append(f"weight: must be in (0, 1], got {self.weight!r}")
-        if not (isinstance(self.offset, int | float) and math.isfinite(self.offset)):
-            out.append(f"offset: must be a finite number, got {self.offset!r}")
-        elif abs(self.offset) > 20:
-            out.append(f"offset: must be within +-20 logits, got {self.offset}")
-        if not (isinstance(self.gate_rms_ratio, int | float) and 0.0 <= self.gate_rms_ratio < 1.0):
-            out.append(f"gate_rms_ratio: must be in [0, 1), got {self.gate_rms_ratio!r}")
-        m = self.min_mix_logit
+        if channels not in CHANNEL_KINDS:
+            out.append(f"channels: expected one of {', '.join(CHANNEL_KINDS)}, got {channels!r}")
+        if not (isinstance(weight, int | float) and 0.0 < weight <= 1.0):
+            out.append(f"weight: must be in (0, 1], got {weight!r}")
+        if not (isinstance(offset, int | float) and math.isfinite(offset)):
+            out.append(f"offset: must be a finite number, got {offset!r}")
+        elif abs(offset) > 20:
+            out.append(f"offset: must be within +-20 logits, got {offset}")
+        if not (isinstance(gate_rms_ratio, int | float) and 0.0 <= gate_rms_ratio < 1.0):
+            out.append(f"gate_rms_ratio: must be in [0, 1), got {gate_rms_ratio!r}")
+        m = min_mix_logit
         if m is not None and not (isinstance(m, int | float) and math.isfinite(m) and abs(m) <= 20):
             out.append(f"min_mix_logit: must be null or a number within +-20 logits, got {m!r}")
         return out
@@ -119,12 +120,21 @@ class CombinationPolicy:
 
     def active(self, mix: np.ndarray, sources: np.ndarray) -> np.ndarray:
         """(1 + M,) bool: which channels to classify (the mix always)."""
-        keep = np.ones(1 + sources.shape[0], bool)
+        if self.gate_rms_ratio <= 0:
+            return np.ones(1 + sources.shape[0], bool)
+        return self.active_from_rms(rms(mix), rms(sources))
+
+    def active_from_rms(self, mix_rms: float, source_rms: np.ndarray) -> np.ndarray:
+        """:meth:`active` from the RMS of the mix and of each source (M,)."""
+        keep = np.ones(1 + source_rms.shape[0], bool)
         if self.gate_rms_ratio > 0:
-            mix_rms = float(np.sqrt(np.mean(np.square(mix, dtype=np.float64))))
-            rms = np.sqrt(np.mean(np.square(sources, dtype=np.float64), axis=1))
-            keep[1:] = rms >= self.gate_rms_ratio * mix_rms
+            keep[1:] = source_rms >= self.gate_rms_ratio * mix_rms
         return keep
+
+
+def rms(x: np.ndarray) -> Any:
+    """RMS over the last axis (float64): a float for (N,), an array for (M, N)."""
+    return np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=-1))
 
 
 PAPER_MAX = CombinationPolicy()  # the paper's rule: max over the mix and the separated sources

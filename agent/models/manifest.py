@@ -472,7 +472,7 @@ def _combination(r: _Reader) -> dict[str, CombinationPolicy]:
             "gate_rms_ratio": p.get("gate_rms_ratio", float, 0.0),
             "min_mix_logit": p.get("min_mix_logit", (float, type(None)), None),
         }
-        problems = CombinationPolicy.unchecked(**fields).problems()
+        problems = CombinationPolicy.problems_of(**fields)
         if problems:
             key, _, what = problems[0].partition(": ")
             raise p.fail(key, what)

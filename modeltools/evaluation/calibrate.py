@@ -91,17 +91,17 @@ def score_policies(
     """Recall at matched false alarms (and the default-threshold figures) of each policy."""
     from modeltools.evaluation import real_benchmark as rb
     from modeltools.evaluation import real_run as rr
-    from modeltools.evaluation.real_report import CURVE_FLOOR, _padded
+    from modeltools.evaluation.real_report import CURVE_FLOOR
 
-    species = bank.species
-    extra = sorted({s for ex in examples for s in ex.truth} - set(species))
-    truth, labelled = rb.truth_matrix(examples, species + extra)
-    mix = _padded(rr.mode_table(bank, "mix_only"), len(extra))
-    ref = rb.score_mode(mix, examples, truth, labelled, threshold, None, CURVE_FLOOR)
+    sc = rr.scoring(bank, examples)
+    truth, labelled = sc.truth, sc.labelled
+    ref = rb.score_mode(
+        sc.table("mix_only"), examples, truth, labelled, threshold, None, CURVE_FLOOR
+    )
     budget = {k: v["default"]["fp_per_example"] for k, v in ref["conditions"].items()}
     rows = [{"policy": "mix_only", **_figures(ref)}]
     for p in policies:
-        table = _padded(rr.mode_table(bank, "mix_and_separated", p), len(extra))
+        table = sc.table("mix_and_separated", p)
         res = rb.score_mode(table, examples, truth, labelled, threshold, budget, CURVE_FLOOR)
         rows.append({"policy": p.as_dict(), **_figures(res)})
     return rows
@@ -145,9 +145,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if bundle.manifest.separator is None:
         raise EvaluationError(f"{args.bundle}: bundle has no separator: nothing to combine")
     config = rr.agent_config("birdnet", args.bundle, model, labels, args.threads)
-    config = config.model_copy(
-        update={"inference": config.inference.model_copy(update={"combination": "max"})}
-    )
     clips, examples = rb.build_examples(shared, seed=args.seed, split="calibration")
     log.info(
         "%d calibration clips, %d examples (training-allowed audio)", len(clips), len(examples)

@@ -24,18 +24,19 @@ Everything here is numpy; the classifier runs are in :mod:`modeltools.evaluation
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from agent.detection.combine import rms
 from modeltools.data.audio_io import decode_audio
 from modeltools.data.real_split import (
     EVALUATION_FOLDERS,
     TRAINING_FOLDERS,
     evaluation_span,
+    manifest_duration_s,
     training_span,
 )
 from modeltools.evaluation.real import BIRDNET_CSV, read_birdnet
@@ -96,11 +97,6 @@ def condition_name(snr_db: float) -> str:
 CONDITIONS = (*(condition_name(s) for s in SNRS_DB), "pair", "noise")
 
 
-def _durations(shared: Path) -> dict[str, float]:
-    with (shared / "MANIFEST.csv").open(newline="", encoding="utf-8") as f:
-        return {row["path"]: float(row["duration_s"]) for row in csv.DictReader(f)}
-
-
 SPLITS = ("evaluation", "calibration")
 
 
@@ -119,7 +115,6 @@ def select_clips(shared: str | Path, split: str = "evaluation") -> list[Clip]:
     scientific and common names: "Dog", "Engine") make no clip.
     """
     shared = Path(shared)
-    durations = _durations(shared)
     clips: list[Clip] = []
     for folder in _folders(split):
         best: dict[tuple[str, float], tuple[str, str, float]] = {}
@@ -143,7 +138,8 @@ def select_clips(shared: str | Path, split: str = "evaluation") -> list[Clip]:
             by_file.setdefault(file, []).append((start, sci, common, conf))
         for file in sorted(by_file):
             rel = f"{folder}/{file}"
-            if rel not in durations:
+            duration_s = manifest_duration_s(rel, [shared])
+            if duration_s is None:
                 raise EvaluationError(
                     f"{shared}/{rel}: listed in {BIRDNET_CSV} but not in MANIFEST"
                 )
@@ -155,19 +151,13 @@ def select_clips(shared: str | Path, split: str = "evaluation") -> list[Clip]:
                     picked.append(c)
             picked += [c for c in ranked if c not in picked]
             for start, sci, common, conf in sorted(picked[:CLIPS_PER_FILE]):
-                clip_start = min(
-                    max(start - CLIP_LEAD_S, 0.0), max(durations[rel] - EXAMPLE_S, 0.0)
-                )
+                clip_start = min(max(start - CLIP_LEAD_S, 0.0), max(duration_s - EXAMPLE_S, 0.0))
                 clips.append(Clip(rel, start, clip_start, sci, common, conf))
     if not clips:
         raise EvaluationError(
             f"{shared}: no BirdNET chunk >= {CLIP_MIN_CONFIDENCE} in {_folders(split)}"
         )
     return clips
-
-
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
 def _fit(x: np.ndarray, n: int) -> np.ndarray:
@@ -259,8 +249,8 @@ def build_examples(
         for k, snr in enumerate(SNRS_DB):
             kind = names[(i + k) % len(names)]
             noise = _noise_segment(halves[kind], rng)
-            rn = _rms(noise)
-            noise = noise * (_rms(x) / rn / 10 ** (snr / 20)) if rn > 0 else noise
+            rn = float(rms(noise))
+            noise = noise * (float(rms(x)) / rn / 10 ** (snr / 20)) if rn > 0 else noise
             cond = condition_name(snr)
             examples.append(
                 _normalised(
@@ -283,8 +273,8 @@ def build_examples(
             continue
         j = (i + others[0]) % len(clips)
         a, b = clean[i], clean[j]
-        rb = _rms(b)
-        b2 = b * (_rms(a) / rb / 10 ** (PAIR_GAP_DB / 20)) if rb > 0 else b
+        rb = float(rms(b))
+        b2 = b * (float(rms(a)) / rb / 10 ** (PAIR_GAP_DB / 20)) if rb > 0 else b
         examples.append(
             _normalised(
                 f"{i:02d}-pair",

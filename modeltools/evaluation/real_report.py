@@ -158,21 +158,14 @@ def benchmark_report(
     from modeltools.evaluation import real_run as rr
 
     policy = policy or PAPER_MAX
-    species = bank.species
-    extra = sorted({s for ex in examples for s in ex.truth} - set(species))
-    columns = species + extra  # truth the classifier cannot name still counts (as a miss)
-    truth, labelled = rb.truth_matrix(examples, columns)
+    sc = rr.scoring(bank, examples)
+    truth, labelled = sc.truth, sc.labelled
     modes = [m for m in rr.PRODUCT_MODES if m == "mix_only" or bank.num_sources]
     if bank.num_sources and not policy.is_paper_max:
         modes.append(rr.PAPER)
     modes.append(rr.ORACLE)
     tables = {
-        m: _padded(
-            rr.mode_table(bank, "mix_and_separated", PAPER_MAX)
-            if m == rr.PAPER
-            else rr.mode_table(bank, m, policy),
-            len(extra),
-        )
+        m: sc.table("mix_and_separated", PAPER_MAX) if m == rr.PAPER else sc.table(m, policy)
         for m in modes
     }
     ref = rb.score_mode(tables["mix_only"], examples, truth, labelled, threshold, None, CURVE_FLOOR)
@@ -196,7 +189,7 @@ def benchmark_report(
         counts[ex.condition] = counts.get(ex.condition, 0) + 1
     energy = {}
     if bank.num_sources:
-        ratios = np.stack(bank.source_rms_ratio)  # (E, M)
+        ratios = bank.energy_ratios()  # (E, M)
         energy = {
             f"{g:g}": round(float(np.mean(np.sum(ratios >= g, axis=1))), 2) for g in ENERGY_GATES
         }
@@ -222,19 +215,6 @@ def _vertices(points: list) -> list[tuple[float, float, float]]:
         if i == 0 or o.recall != points[i - 1].recall or i == len(points) - 1:
             out.append((round(o.threshold, 5), round(o.recall, 4), round(o.fp_per_example, 4)))
     return out
-
-
-def _padded(table: Any, extra: int) -> Any:
-    from modeltools.evaluation.real_benchmark import ScoreTable
-
-    if not extra:
-        return table
-    e = table.scores.shape[0]
-    return ScoreTable(
-        table.mode,
-        np.concatenate([table.scores, np.zeros((e, extra), np.float32)], axis=1),
-        np.concatenate([table.winners, np.zeros((e, extra), table.winners.dtype)], axis=1),
-    )
 
 
 def _winner_counts(table: Any, truth: np.ndarray, threshold: float, names: list[str]) -> dict:

@@ -25,6 +25,7 @@ from agent.detection.combine import (
     SKIPPED_LOGIT,
     CombinationPolicy,
     combine_channels,
+    rms,
     sigmoid,
 )
 from agent.models.stages import ClassifierStage, LoadedModels
@@ -34,6 +35,7 @@ from modeltools.evaluation.real_benchmark import (
     TRUTH_MIN_CONFIDENCE,
     Example,
     ScoreTable,
+    truth_matrix,
 )
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,8 @@ class ChannelBank:
     classifier: ClassifierStage
     num_sources: int
     logits: list[np.ndarray]  # per example (1 + 2M, C): mix, sources, remixes
-    source_rms_ratio: list[np.ndarray]  # per example (M,): source RMS / mix RMS
+    mix_rms: list[float]  # per example
+    source_rms: list[np.ndarray]  # per example (M,)
     oracle_logits: list[np.ndarray]  # per example (1 + components, C): mix, true components
 
     @property
@@ -101,10 +104,18 @@ class ChannelBank:
         if m == 0:
             return rows[:1]
         first = 1 if policy.channels == "sources" else 1 + m
-        out = np.concatenate([rows[:1], rows[first : first + m]], axis=0).copy()
-        if policy.gate_rms_ratio > 0:
-            out[1:][self.source_rms_ratio[e] < policy.gate_rms_ratio] = SKIPPED_LOGIT
+        out = np.concatenate([rows[:1], rows[first : first + m]], axis=0)
+        out[~policy.active_from_rms(self.mix_rms[e], self.source_rms[e])] = SKIPPED_LOGIT
         return out
+
+    def energy_ratios(self) -> np.ndarray:
+        """(E, M) each source's RMS over its mix's (over-separation: how many carry energy)."""
+        return np.stack(
+            [
+                s / m if m > 0 else np.zeros_like(s)
+                for m, s in zip(self.mix_rms, self.source_rms, strict=True)
+            ]
+        )
 
 
 def to_pipeline_rate(x: np.ndarray, rate_hz: int, window_samples: int) -> np.ndarray:
@@ -126,7 +137,7 @@ def channel_bank(
     clf = models.classifiers[0]
     rate, n = models.sample_rate_hz, models.window_samples
     m = models.separator.num_sources if models.separator is not None else 0
-    logits, ratios, oracle = [], [], []
+    logits, mix_rms, source_rms, oracle = [], [], [], []
     bar = None
     if progress:
         from tqdm import tqdm
@@ -135,22 +146,21 @@ def channel_bank(
     for ex in examples:
         mix = to_pipeline_rate(ex.audio, rate, n)
         channels = mix[np.newaxis]
-        ratio = np.zeros(0)
+        sources = np.zeros((0, n), np.float32)
         if models.separator is not None:
             sources = models.separator.separate(mix)
             remixes = REMIXES.channels_of(mix, sources)[1:]
             channels = np.concatenate([channels, sources, remixes], axis=0)
-            mix_rms = float(np.sqrt(np.mean(np.square(mix, dtype=np.float64)))) or 1.0
-            ratio = np.sqrt(np.mean(np.square(sources, dtype=np.float64), axis=1)) / mix_rms
         logits.append(clf.classify(channels))
-        ratios.append(ratio)
+        mix_rms.append(float(rms(mix)))
+        source_rms.append(rms(sources))
         comps = [to_pipeline_rate(c, rate, n) for c in ex.components]
         oracle.append(clf.classify(np.stack([mix, *comps])) if len(comps) > 1 else logits[-1][:1])
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    return ChannelBank(clf, m, logits, ratios, oracle)
+    return ChannelBank(clf, m, logits, mix_rms, source_rms, oracle)
 
 
 def mode_table(bank: ChannelBank, mode: str, policy: CombinationPolicy = PAPER_MAX) -> ScoreTable:
@@ -168,6 +178,31 @@ def mode_table(bank: ChannelBank, mode: str, policy: CombinationPolicy = PAPER_M
         scores.append(sigmoid(c.logits).astype(np.float32))
         winners.append(c.winner)
     return ScoreTable(mode, np.stack(scores), np.stack(winners))
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """The truth of a bank's examples over the classifier's species plus the true species it
+    cannot name (their score is 0: they count as misses), and mode tables over those columns."""
+
+    bank: ChannelBank
+    truth: np.ndarray  # (E, C + extra) bool: true species (labelled or reference >= 0.3)
+    labelled: np.ndarray  # (E, C + extra) bool: the species an example was built to hold
+    extra: int
+
+    def table(self, mode: str, policy: CombinationPolicy = PAPER_MAX) -> ScoreTable:
+        t = mode_table(self.bank, mode, policy)
+        if not self.extra:
+            return t
+        pad = ((0, 0), (0, self.extra))
+        return ScoreTable(t.mode, np.pad(t.scores, pad), np.pad(t.winners, pad))
+
+
+def scoring(bank: ChannelBank, examples: Sequence[Example]) -> Scoring:
+    species = bank.species
+    extra = sorted({s for ex in examples for s in ex.truth} - set(species))
+    truth, labelled = truth_matrix(examples, species + extra)
+    return Scoring(bank, truth, labelled, len(extra))
 
 
 def reference_truth(
